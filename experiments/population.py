@@ -1,0 +1,103 @@
+"""Train a population of NWS CNNs together and write a zoo.
+
+    python experiments/population.py                      # 16 nets on digits, zoo in runs/default
+    python experiments/population.py --members 512 --dataset fashion_mnist --epochs 40 --out runs/fmnist
+    python experiments/population.py --members 256 --fixed-architecture --set optimizer=adam --out runs/adam_only
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from nwsjax.cli import ArgumentParser, enable_compilation_cache, main_wrapper
+from nwsjax.run import RunConfig, config_from_args, prepare_run, run_population, split_list, summary_table
+from nwsjax.space import PROPERTY_NAMES
+
+DEFAULTS = RunConfig()
+
+
+def parse_args(argv):
+    p = ArgumentParser(prog="population.py", description=__doc__.splitlines()[0])
+    p.add_argument("--members", type=int, help=f"population size (default {DEFAULTS.members})")
+    p.add_argument(
+        "--dataset",
+        action="append",
+        dest="datasets",
+        help="dataset(s) drawn per member: digits, mnist, fashion_mnist, cifar10, svhn, stl10, "
+        "any TFDS name, an IDX folder or name=folder; repeat or comma-separate (default digits)",
+    )
+    p.add_argument("--epochs", type=int, help=f"most epochs per member (default {DEFAULTS.epochs})")
+    p.add_argument(
+        "--min-epochs", type=int, help=f"no early stopping before this epoch (default {DEFAULTS.min_epochs})"
+    )
+    p.add_argument("--snapshots", type=int, help=f"snapshots kept per member (default {DEFAULTS.snapshots})")
+    p.add_argument("--seed", type=int, help="run seed (default 0)")
+    p.add_argument("--out", help=f"zoo folder to write (default {DEFAULTS.out})")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace a zoo already in --out")
+    p.add_argument(
+        "--fixed-architecture", action="store_true", default=None, help="every member gets the nws_fixed architecture"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        dest="pins",
+        metavar="NAME=VALUE",
+        help=f"pin a property to an option name or index, e.g. optimizer=adam; names: {', '.join(PROPERTY_NAMES)}",
+    )
+    p.add_argument("--max-images", type=int, help="cap each dataset split at this many images (quick studies)")
+    p.add_argument("--strategy", help="execution strategy: auto, map, vmap, chunkedN, with +xla or +im2col")
+    p.add_argument("--max-slots", type=int, help="most members of one cohort trained at once (default 256)")
+    p.add_argument("--devices", type=int, help="devices to shard over (only 1 is supported yet)")
+    p.add_argument("--cache-dir", help="prepared-dataset cache folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    quiet = args.quiet
+    values = vars(args)
+    del values["quiet"]
+    values["datasets"] = split_list(values["datasets"])
+    values["pins"] = split_list(values["pins"])
+    config = config_from_args(**values)
+    prepared = prepare_run(config, progress=not quiet)
+    enable_compilation_cache()
+    print(
+        f"training {len(prepared.members)} members on {', '.join(prepared.datasets)} "
+        f"-> {config.out}",
+        file=sys.stderr,
+    )
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.members * config.epochs, unit="epoch", desc="member-epochs", dynamic_ncols=True)
+
+    def on_progress(counters: dict) -> None:
+        bar.n = counters["member_epochs"]
+        bar.set_postfix(
+            cohort=f"{counters['cohort']}/{counters['cohorts']}",
+            active=counters["active"],
+            done=f"{counters['finished']}/{counters['members']}",
+            steps_s=f"{counters['member_steps'] / max(counters['seconds'], 1e-9):.1f}",
+            refresh=False,
+        )
+        bar.refresh()
+
+    start = time.perf_counter()
+    report = run_population(prepared, on_progress=on_progress if bar else None)
+    if bar:
+        bar.n = bar.total
+        bar.close()
+    from nwsjax.zoo import open_zoo
+
+    zoo = open_zoo(config.out)
+    print(summary_table(zoo.members, report))
+    print(f"zoo written to {config.out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_wrapper(main)())

@@ -1,0 +1,24 @@
+"""Error types raised where bad input enters nwsjax.
+
+Every error a user can cause derives from :class:`NWSError`. Its message is one
+line that names the problem and the fix; command-line entry points print it and
+exit with status 2 instead of showing a traceback.
+"""
+
+__all__ = ["NWSError", "ConfigError", "DatasetError", "ZooError"]
+
+
+class NWSError(Exception):
+    """Base class of the errors a user can cause (bad options, files, folders)."""
+
+
+class ConfigError(NWSError, ValueError):
+    """A hyper-parameter, option or run setting is invalid."""
+
+
+class DatasetError(NWSError):
+    """A dataset cannot be found, read or prepared."""
+
+
+class ZooError(NWSError):
+    """A zoo folder is missing, partial, corrupt or of another format version."""

@@ -1,0 +1,488 @@
+"""The population trainer: many NWS networks trained together, snapshots written to a zoo.
+
+Members that share static shapes (architecture and batch size) form a *cohort*; a
+cohort trains in ``slots`` (its width on the device) as one compiled program over
+stacked parameters, with per-member hyper-parameters as arrays (:class:`step.Knobs`).
+
+A cohort advances in *rounds*. A round is a run of steps that crosses no member's
+epoch boundary: its length is the fewest steps any active member has left in its
+current epoch, so every member's epoch ends exactly at the end of some round. After a
+round the host handles the members whose epoch ended: validation and test accuracy,
+learning-rate decay, an export of the weights, early stopping. A finished member's
+slot is refilled at once with the next pending member of the cohort, so the device
+keeps working on useful members.
+
+Exports (the initialization and the end of every epoch) go to an append-only spill
+file per member; when a member finishes, the reference's K evenly spaced exports
+(``round(linspace(1, n_exports, K))``) are kept and written with the member's cohort
+to an Orbax checkpoint (see :mod:`nwsjax.zoo`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nwsjax import optim, step
+from nwsjax.data import Dataset
+from nwsjax.errors import ConfigError
+from nwsjax.model import Architecture, NWSNet, count_weights
+from nwsjax.space import PROPERTIES, MemberConfig, option_index
+from nwsjax.stopping import StoppingConfig, stop_reason
+from nwsjax.strategy import Strategy, default_strategy, map_members
+from nwsjax.zoo import ZooWriter, snapshot_exports
+
+__all__ = ["TrainConfig", "PopulationReport", "train_population", "cohort_key"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How a population is trained (the members' own hyper-parameters live in MemberConfig).
+
+    Attributes:
+      stopping: epochs and early-stopping rules, per member.
+      snapshots: K, snapshots kept per member (the reference: 20).
+      max_slots: most members of one cohort on the device at once.
+      strategy: execution strategy; None chooses per backend.
+      eval_chunk: images per evaluation chunk.
+      members_per_part: members per Orbax checkpoint of a cohort.
+    """
+
+    stopping: StoppingConfig = StoppingConfig()
+    snapshots: int = 20
+    max_slots: int = 256
+    strategy: Strategy | None = None
+    eval_chunk: int = 500
+    members_per_part: int = 64
+
+    def __post_init__(self):
+        if self.snapshots < 1:
+            raise ConfigError(f"snapshots={self.snapshots}: need at least 1")
+        if self.max_slots < 1:
+            raise ConfigError(f"max_slots={self.max_slots}: need at least 1")
+
+
+@dataclasses.dataclass
+class PopulationReport:
+    """What a finished run measured."""
+
+    seconds: float
+    compile_seconds: dict[str, float]
+    member_steps: int  # steps taken by members (useful work)
+    slot_steps: int  # steps computed over all slots, finished members included
+    images: int  # training images processed by members
+    members: int
+    strategy: str
+
+    @property
+    def utilization(self) -> float:
+        return self.member_steps / max(self.slot_steps, 1)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.member_steps / max(self.seconds, 1e-9)
+
+
+def cohort_key(member: MemberConfig) -> tuple:
+    """Members with equal keys share every static shape and train in one program."""
+    return (*member.architecture, member.batch_norm, member.batch_size)
+
+
+def cohort_label(member: MemberConfig) -> str:
+    return f"{Architecture.of(member).label()}-b{member.batch_size}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Placement:
+    """Where one dataset's splits sit in the concatenated device arrays."""
+
+    train: tuple[int, int]  # (start, count)
+    val: tuple[int, int]
+    test: tuple[int, int]
+
+
+def place_datasets(datasets: Mapping[str, Dataset]) -> tuple[step.DeviceData, dict[str, _Placement]]:
+    """Concatenates every split of every dataset into one uint8 array on the device."""
+    images, labels, placements, start = [], [], {}, 0
+    for name in sorted(datasets):
+        ds = datasets[name]
+        ranges = []
+        for x, y in (
+            (ds.train_images, ds.train_labels),
+            (ds.val_images, ds.val_labels),
+            (ds.test_images, ds.test_labels),
+        ):
+            images.append(x)
+            labels.append(y)
+            ranges.append((start, len(y)))
+            start += len(y)
+        placements[name] = _Placement(*ranges)
+    data = step.DeviceData(
+        jnp.asarray(np.concatenate(images)), jnp.asarray(np.concatenate(labels).astype(np.int32))
+    )
+    return data, placements
+
+
+def knobs_of(member: MemberConfig) -> step.Knobs:
+    """The member's dynamic hyper-parameters (learning rate of epoch 0)."""
+    return step.Knobs(
+        seed=np.int32(member.seed),
+        optimizer=np.int32(option_index("optimizer", member.optimizer)),
+        activation=np.int32(option_index("activation", member.activation)),
+        initialization=np.int32(option_index("initialization", member.initialization)),
+        augmentation=np.bool_(member.augmentation == "on"),
+        lrate=np.float32(optim.epoch_lrate(member.lrate, 0)),
+    )
+
+
+def _stack(items: Sequence[Any]):
+    return jax.tree.map(lambda *xs: np.stack(xs), *items)
+
+
+class _Flattener:
+    """Member state tree (params + batch stats) <-> one float32 vector, for spill files."""
+
+    def __init__(self, tree):
+        self.treedef = jax.tree.structure(tree)
+        self.shapes = [np.shape(x) for x in jax.tree.leaves(tree)]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+
+    def flat(self, tree) -> np.ndarray:
+        return np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(tree)])
+
+    def unflat(self, vectors: np.ndarray):
+        """``[..., D]`` -> tree with leaves ``[..., *shape]``."""
+        lead = vectors.shape[:-1]
+        leaves, offset = [], 0
+        for shape, size in zip(self.shapes, self.sizes):
+            leaves.append(vectors[..., offset : offset + size].reshape(*lead, *shape))
+            offset += size
+        return jax.tree.unflatten(self.treedef, leaves)
+
+
+@dataclasses.dataclass
+class _Slot:
+    """Host-side bookkeeping of the member training in one slot."""
+
+    member: int
+    config: MemberConfig
+    placement: _Placement
+    steps_per_epoch: int
+    spill: Path
+    epoch: int = 0  # epochs completed
+    position: int = 0  # steps done in the current epoch
+    steps: int = 0  # steps done in total
+    exports: int = 0
+    loss_sum: float = 0.0
+    correct_sum: float = 0.0
+    val_history: list = dataclasses.field(default_factory=list)
+    curves: list = dataclasses.field(default_factory=list)
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+class _Cohort:
+    """Trains the members of one cohort, refilling slots as members finish."""
+
+    def __init__(self, label, member_ids, members, data, placements, config, strategy, writer, progress):
+        self.label = label
+        self.pending = list(member_ids)
+        self.members = members
+        self.data = data
+        self.placements = placements
+        self.config = config
+        self.strategy = strategy
+        self.writer = writer
+        self.progress = progress
+        first = members[member_ids[0]]
+        self.arch = Architecture.of(first)
+        self.batch_size = first.batch_size
+        self.model = NWSNet(self.arch, conv_impl=strategy.conv)
+        self.n_slots = min(len(member_ids), config.max_slots)
+        used = {members[i].dataset for i in member_ids}
+        self.max_steps = max(placements[d].train[1] // self.batch_size for d in used)
+        chunk = config.eval_chunk
+        self.eval_chunks = (
+            max(math.ceil(placements[d].val[1] / chunk) for d in used),
+            max(math.ceil(placements[d].test[1] / chunk) for d in used),
+        )
+        self.compile_seconds = 0.0
+        self.member_steps = 0
+        self.slot_steps = 0
+        self.images = 0
+
+    # -- compiled programs ---------------------------------------------------------
+    def _build(self, knobs):
+        model, strategy, data = self.model, self.strategy, self.data
+        chunk = self.config.eval_chunk
+        val_chunks, test_chunks = self.eval_chunks
+
+        def init(knobs, states, refill):
+            fresh = map_members(strategy, lambda k: step.init_member(model, k), [knobs])
+            if states is None:
+                return fresh
+            keep = lambda f, s: jnp.where(refill.reshape(-1, *[1] * (f.ndim - 1)), f, s)  # noqa: E731
+            return jax.tree.map(keep, fresh, states)
+
+        def train(states, knobs, plans, offsets, positions, steps, n_steps, active):
+            fn = lambda s, k, p, o, q, t, a, d: step.train_round(  # noqa: E731
+                model, s, k, d, p, o, q, t, n_steps, a
+            )
+            return map_members(strategy, fn, [states, knobs, plans, offsets, positions, steps, active], [data])
+
+        def evaluate(states, knobs, ranges, active):
+            def one(s, k, r, a, d):
+                val = step.evaluate(model, s, k, d, r[0], r[1], chunk, val_chunks, a)
+                test = step.evaluate(model, s, k, d, r[2], r[3], chunk, test_chunks, a)
+                return jnp.stack([val, test])
+
+            return map_members(strategy, one, [states, knobs, ranges, active], [data])
+
+        start = time.perf_counter()
+        states = jax.jit(init, static_argnums=())(knobs, None, None)
+        self._init = jax.jit(init, donate_argnums=(1,))
+        self._train = jax.jit(train, donate_argnums=(0,))
+        self._eval = jax.jit(evaluate)
+        n = self.n_slots
+        example = (
+            states,
+            knobs,
+            np.zeros((n, self.max_steps, self.batch_size), np.int32),
+            np.zeros(n, np.int32),
+            np.zeros(n, np.int32),
+            np.zeros(n, np.int32),
+            np.int32(1),
+            np.ones(n, bool),
+        )
+        self._train = self._train.lower(*example).compile()
+        self._eval = self._eval.lower(states, knobs, np.zeros((n, 4), np.int32), np.ones(n, bool)).compile()
+        self.compile_seconds = time.perf_counter() - start
+        return states
+
+    # -- members entering and leaving slots -------------------------------------------
+    def _start(self, member_id: int) -> _Slot:
+        member = self.members[member_id]
+        placement = self.placements[member.dataset]
+        steps_per_epoch = placement.train[1] // member.batch_size
+        if steps_per_epoch < 1:
+            raise ConfigError(
+                f"member {member_id}: dataset {member.dataset} has {placement.train[1]} training "
+                f"images, fewer than batch_size={member.batch_size}; use a smaller batch size"
+            )
+        return _Slot(member_id, member, placement, steps_per_epoch, self.writer.spill_path(member_id))
+
+    def _plan(self, slot: _Slot) -> np.ndarray:
+        order = step.epoch_order(
+            slot.config.seed, slot.epoch, slot.placement.train[1], slot.config.batch_size
+        )
+        plan = np.zeros((self.max_steps, self.batch_size), np.int32)
+        plan[: len(order)] = order
+        return plan
+
+    def _export(self, slot: _Slot, tree) -> None:
+        vector = self.flattener.flat(tree)
+        with open(slot.spill, "ab") as f:
+            f.write(vector.tobytes())
+        slot.exports += 1
+
+    def _finish(self, slot: _Slot, status: str, reason: str, final_tree) -> None:
+        if status == "diverged":
+            self._export(slot, final_tree)  # the last finite weights close the record
+        rows = np.fromfile(slot.spill, np.float32).reshape(slot.exports, -1)
+        picks = snapshot_exports(slot.exports, self.config.snapshots)
+        vectors = rows[picks - 1]
+        last = slot.curves[-1] if slot.curves else {}
+        counts = count_weights(self.arch)
+        record = {
+            "member": slot.member,
+            **slot.config.to_dict(),
+            "architecture": self.arch.label(),
+            "cohort": self.label,
+            "weightn_conv": counts["conv"],
+            "weightn_fc": counts["fc"],
+            "epochs": slot.epoch,
+            "steps": slot.steps,
+            "exports": slot.exports,
+            "snapshot_exports": [int(p) for p in picks],
+            "status": status,
+            "stop_reason": reason,
+            "train_loss": last.get("train_loss", float("nan")),
+            "train_acc": last.get("train_acc", float("nan")),
+            "val_acc": last.get("val_acc", float("nan")),
+            "test_acc": last.get("test_acc", float("nan")),
+        }
+        self.writer.add_member(self.label, self.arch, record, self.flattener.unflat(vectors), slot.curves)
+        slot.spill.unlink()
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> None:
+        slots: list[_Slot | None] = [self._start(self.pending.pop(0)) for _ in range(self.n_slots)]
+        knobs = _stack([knobs_of(s.config) for s in slots])
+        states = self._build(knobs)
+        host = jax.device_get((states.params, states.batch_stats))
+        self.flattener = _Flattener(jax.tree.map(lambda x: x[0], host))
+        for i, slot in enumerate(slots):
+            self._export(slot, jax.tree.map(lambda x: x[i], host))
+        plans = np.stack([self._plan(s) for s in slots])
+        ranges = np.array(
+            [[*s.placement.val, *s.placement.test] for s in slots], np.int32
+        )
+        while any(s is not None for s in slots):
+            active = np.array([s is not None for s in slots])
+            n_steps = min(s.steps_per_epoch - s.position for s in slots if s is not None)
+            states, out = self._train(
+                states,
+                knobs,
+                plans,
+                np.array([s.placement.train[0] if s else 0 for s in slots], np.int32),
+                np.array([s.position if s else 0 for s in slots], np.int32),
+                np.array([s.steps if s else 0 for s in slots], np.int32),
+                np.int32(n_steps),
+                active,
+            )
+            out = jax.device_get(out)
+            self.slot_steps += n_steps * (len(slots) if self.strategy.batching != "map" else int(active.sum()))
+            ended = np.zeros(len(slots), bool)
+            diverged = []
+            for i, slot in enumerate(slots):
+                if slot is None:
+                    continue
+                done = int(out.steps_done[i])
+                slot.position += done
+                slot.steps += done
+                slot.loss_sum += float(out.loss_sum[i])
+                slot.correct_sum += float(out.correct_sum[i])
+                self.member_steps += done
+                self.images += done * self.batch_size
+                if not bool(out.healthy[i]):
+                    diverged.append(i)
+                elif slot.position == slot.steps_per_epoch:
+                    ended[i] = True
+            if ended.any() or diverged:
+                host = jax.device_get((states.params, states.batch_stats))
+            if ended.any():
+                accuracy = jax.device_get(self._eval(states, knobs, ranges, ended))
+            refill = np.zeros(len(slots), bool)
+            for i, slot in enumerate(slots):
+                if slot is None or not (ended[i] or i in diverged):
+                    continue
+                tree = jax.tree.map(lambda x: x[i], host)
+                if i in diverged:
+                    self._finish(slot, "diverged", "non-finite loss or weights", tree)
+                else:
+                    finished = self._end_epoch(slot, accuracy[i], tree)
+                    if not finished:
+                        plans[i] = self._plan(slot)
+                        knobs.lrate[i] = optim.epoch_lrate(slot.config.lrate, slot.epoch)
+                        continue
+                slots[i] = None
+                if self.pending:
+                    slots[i] = self._start(self.pending.pop(0))
+                    knobs = _replace(knobs, i, knobs_of(slots[i].config))
+                    plans[i] = self._plan(slots[i])
+                    ranges[i] = [*slots[i].placement.val, *slots[i].placement.test]
+                    refill[i] = True
+            if refill.any():
+                states = self._init(knobs, states, refill)
+                host = jax.device_get((states.params, states.batch_stats))
+                for i in np.flatnonzero(refill):
+                    self._export(slots[i], jax.tree.map(lambda x: x[i], host))
+            self.progress(self, slots)
+
+    def _end_epoch(self, slot: _Slot, accuracy, tree) -> bool:
+        """Records the epoch that just ended; returns True when the member is finished."""
+        n_val, n_test = slot.placement.val[1], slot.placement.test[1]
+        steps = slot.steps_per_epoch
+        slot.epoch += 1
+        slot.curves.append(
+            {
+                "member": slot.member,
+                "epoch": slot.epoch,
+                "steps": slot.steps,
+                "lrate": optim.epoch_lrate(slot.config.lrate, slot.epoch - 1),
+                "train_loss": slot.loss_sum / steps,
+                "train_acc": slot.correct_sum / (steps * slot.config.batch_size),
+                "val_acc": float(accuracy[0]) / max(n_val, 1),
+                "test_acc": float(accuracy[1]) / max(n_test, 1),
+            }
+        )
+        slot.val_history.append(slot.curves[-1]["val_acc"])
+        slot.position, slot.loss_sum, slot.correct_sum = 0, 0.0, 0.0
+        self._export(slot, tree)
+        reason = stop_reason(slot.val_history, self.config.stopping)
+        if reason is not None:
+            self._finish(slot, "finished", reason, tree)
+            return True
+        return False
+
+
+def _replace(knobs: step.Knobs, index: int, new: step.Knobs) -> step.Knobs:
+    for stacked, value in zip(knobs, new):
+        stacked[index] = value
+    return knobs
+
+
+def train_population(
+    members: Sequence[MemberConfig],
+    datasets: Mapping[str, Dataset],
+    writer: ZooWriter,
+    config: TrainConfig = TrainConfig(),
+    *,
+    on_progress: Callable[[dict], None] | None = None,
+) -> PopulationReport:
+    """Trains every member and writes the zoo.
+
+    Args:
+      members: the population; member ``i`` gets id ``i``.
+      datasets: every dataset named by a member, prepared (``nwsjax.data.load_dataset``).
+      writer: the zoo being written (:class:`nwsjax.zoo.ZooWriter`).
+      config: training settings.
+      on_progress: called after every round with a dict of counters (for progress bars).
+
+    Returns:
+      timings and work counts; the zoo is complete when this returns.
+    """
+    missing = sorted({m.dataset for m in members} - set(datasets))
+    if missing:
+        raise ConfigError(f"members use datasets that were not loaded: {', '.join(missing)}")
+    strategy = config.strategy or default_strategy()
+    data, placements = place_datasets(datasets)
+    groups: dict[tuple, list[int]] = {}
+    for i, member in enumerate(members):
+        groups.setdefault(cohort_key(member), []).append(i)
+    start = time.perf_counter()
+    report = PopulationReport(0.0, {}, 0, 0, 0, len(members), strategy.name)
+    counters = {"members": len(members), "finished": 0, "cohorts": len(groups), "cohort": 0}
+
+    def progress(cohort: _Cohort, slots) -> None:
+        counters.update(
+            active=sum(s is not None for s in slots),
+            member_steps=report.member_steps + cohort.member_steps,
+            member_epochs=writer.epochs_recorded + sum(s.epoch for s in slots if s),
+            finished=writer.members_written,
+            seconds=time.perf_counter() - start,
+        )
+        if on_progress:
+            on_progress(counters)
+
+    for number, key in enumerate(sorted(groups, key=lambda k: (-len(groups[k]), k))):
+        ids = groups[key]
+        label = cohort_label(members[ids[0]])
+        counters["cohort"] = number + 1
+        cohort = _Cohort(label, ids, members, data, placements, config, strategy, writer, progress)
+        cohort.run()
+        writer.flush_cohort(label)
+        report.compile_seconds[label] = cohort.compile_seconds
+        report.member_steps += cohort.member_steps
+        report.slot_steps += cohort.slot_steps
+        report.images += cohort.images
+    writer.wait()
+    report.seconds = time.perf_counter() - start
+    return report

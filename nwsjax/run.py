@@ -1,0 +1,202 @@
+"""One population run, from settings to a finished zoo: what ``experiments/population.py`` calls.
+
+:func:`prepare_run` validates everything a user typed and loads the datasets before
+any training starts, so bad input fails in a second with a one-line error;
+:func:`run_population` trains and writes the zoo; :func:`summary_table` formats
+what a researcher wants to see at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nwsjax.data import Dataset, load_dataset, resolve_dataset, subset
+from nwsjax.errors import ConfigError
+from nwsjax.population import PopulationReport, TrainConfig, train_population
+from nwsjax.space import MemberConfig, parse_pins, sample_members
+from nwsjax.stopping import StoppingConfig
+from nwsjax.strategy import default_strategy, parse_strategy
+from nwsjax.zoo import FORMAT, ZooWriter
+
+__all__ = ["RunConfig", "PreparedRun", "prepare_run", "run_population", "summary_table"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a population run is given (saved in the zoo's zoo.json).
+
+    Attributes:
+      out: the zoo folder to write.
+      members: population size.
+      datasets: dataset names or IDX folders, drawn uniformly per member.
+      seed: run seed: same seed, same members, same zoo.
+      epochs: most epochs per member.
+      min_epochs: no early stopping before this epoch (the reference: 20).
+      snapshots: K snapshots per member.
+      fixed_architecture: use the nws_fixed architecture for every member.
+      pins: ``--set`` items, e.g. ``("optimizer=adam",)``.
+      max_images: cap every dataset split at this many images (None: full data).
+      strategy: execution strategy name (``"auto"``, ``"map"``, ``"vmap+im2col"``, ...).
+      max_slots: most members of one cohort on the device at once.
+      devices: accelerators to shard the population over (1 for now).
+      cache_dir: prepared-dataset cache (None: ``$NWSJAX_CACHE`` or ~/.cache/nwsjax).
+      overwrite: replace an existing zoo in ``out``.
+    """
+
+    out: str = "runs/default"
+    members: int = 16
+    datasets: tuple[str, ...] = ("digits",)
+    seed: int = 0
+    epochs: int = 15
+    min_epochs: int = 20
+    snapshots: int = 20
+    fixed_architecture: bool = False
+    pins: tuple[str, ...] = ()
+    max_images: int | None = None
+    strategy: str = "auto"
+    max_slots: int = 256
+    devices: int = 1
+    cache_dir: str | None = None
+    overwrite: bool = False
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """A validated run: its members, datasets and training settings."""
+
+    config: RunConfig
+    members: list[MemberConfig]
+    datasets: dict[str, Dataset]
+    train: TrainConfig
+
+
+def _check_out(config: RunConfig) -> Path:
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        info = out / "zoo.json"
+        is_zoo = info.is_file() and json.loads(info.read_text() or "{}").get("format") == FORMAT
+        if not is_zoo:
+            raise ConfigError(f"--out {out}: folder is not empty and holds no zoo; choose another --out")
+        if not config.overwrite:
+            raise ConfigError(f"--out {out}: holds a zoo already; pass --overwrite to replace it or choose another --out")
+    return out
+
+
+def prepare_run(config: RunConfig, *, progress: bool = False) -> PreparedRun:
+    """Validates ``config`` and loads its datasets; raises NWSError on bad input."""
+    if config.devices != 1:
+        raise ConfigError(
+            f"--devices {config.devices}: only 1 device is supported yet "
+            "(sharding over devices is not implemented); use --devices 1"
+        )
+    if config.members < 1:
+        raise ConfigError(f"--members {config.members}: need at least 1 member")
+    if config.max_images is not None and config.max_images < 1:
+        raise ConfigError(f"--max-images {config.max_images}: must be >= 1")
+    strategy = parse_strategy(config.strategy)
+    pins = parse_pins(config.pins)
+    stopping = StoppingConfig(max_epochs=config.epochs, min_epochs=min(config.min_epochs, config.epochs))
+    train = TrainConfig(
+        stopping=stopping, snapshots=config.snapshots, max_slots=config.max_slots, strategy=strategy
+    )
+    _check_out(config)
+    names = [pins["dataset"]] if "dataset" in pins else list(config.datasets)
+    sources = {resolve_dataset(name).name: name for name in names}  # fails fast on bad names
+    datasets = {}
+    for name, spec in sources.items():
+        dataset = load_dataset(spec, cache_dir=config.cache_dir, progress=progress)
+        datasets[name] = subset(dataset, config.max_images) if config.max_images else dataset
+    if "dataset" in pins:
+        pins["dataset"] = next(iter(sources))
+    members = sample_members(
+        config.members,
+        config.seed,
+        datasets=list(sources),
+        pins=pins,
+        fixed_architecture=config.fixed_architecture,
+    )
+    for name, dataset in datasets.items():
+        smallest = min((m.batch_size for m in members if m.dataset == name), default=0)
+        if smallest and len(dataset.train_labels) < smallest:
+            raise ConfigError(
+                f"dataset {name} has {len(dataset.train_labels)} training images, fewer than "
+                f"batch size {smallest}; raise --max-images or pin a smaller --set batch_size"
+            )
+    return PreparedRun(config, members, datasets, train)
+
+
+def run_population(
+    prepared: PreparedRun, *, on_progress: Callable[[dict], None] | None = None
+) -> PopulationReport:
+    """Trains a prepared run and writes its zoo to ``prepared.config.out``."""
+    config = prepared.config
+    out = _check_out(config)
+    if out.is_dir() and config.overwrite:
+        shutil.rmtree(out)
+    run_config = {
+        "run": dataclasses.asdict(config),
+        "train": dataclasses.asdict(prepared.train),
+        "strategy": (prepared.train.strategy or default_strategy()).name,
+        "datasets": {name: ds.summary() for name, ds in prepared.datasets.items()},
+    }
+    writer = ZooWriter(out, run_config)
+    report = train_population(prepared.members, prepared.datasets, writer, prepared.train, on_progress=on_progress)
+    writer.wait()
+    writer.close(
+        seconds=report.seconds,
+        compile_seconds=report.compile_seconds,
+        member_steps=report.member_steps,
+        slot_steps=report.slot_steps,
+        utilization=report.utilization,
+        images=report.images,
+    )
+    return report
+
+
+def summary_table(members: pd.DataFrame, report: PopulationReport) -> str:
+    """Test accuracy per dataset, and the run's time and throughput, as text."""
+    lines = [
+        f"{'dataset':<16}{'members':>8}{'diverged':>9}{'median':>8}{'q25':>8}{'q75':>8}{'min':>8}{'max':>8}"
+    ]
+    for name, group in members.groupby("dataset"):
+        acc = group.test_acc.to_numpy(float)
+        q = np.nanpercentile(acc, [50, 25, 75, 0, 100]) if np.isfinite(acc).any() else [np.nan] * 5
+        diverged = int((group.status == "diverged").sum())
+        lines.append(
+            f"{name:<16}{len(group):>8}{diverged:>9}" + "".join(f"{v:>8.3f}" for v in q)
+        )
+    compile_s = sum(report.compile_seconds.values())
+    lines += [
+        "",
+        f"test accuracy: median {np.nanmedian(members.test_acc):.3f} over {len(members)} members "
+        f"(chance 0.100)",
+        f"time {report.seconds:.1f} s (compile {compile_s:.1f} s over {len(report.compile_seconds)} cohorts), "
+        f"strategy {report.strategy}",
+        f"throughput {report.steps_per_second:.1f} model-steps/s, "
+        f"{report.images / max(report.seconds, 1e-9):.0f} images/s, "
+        f"utilization {100 * report.utilization:.1f}% of member-steps useful",
+    ]
+    return "\n".join(lines)
+
+
+def config_from_args(**kwargs: Any) -> RunConfig:
+    """A RunConfig from CLI values (lists become tuples; None keeps the default)."""
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items() if v is not None}
+    return RunConfig(**values)
+
+
+def split_list(items: Sequence[str] | None) -> list[str] | None:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (options given repeatedly or comma-separated)."""
+    if items is None:
+        return None
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
