@@ -1,6 +1,6 @@
 """Train a population of NWS CNNs together and write a zoo.
 
-    python experiments/population.py                      # 16 nets on digits, zoo in runs/default
+    python experiments/population.py                      # the demo: 16 nets on digits, zoo in runs/default
     python experiments/population.py --members 512 --dataset fashion_mnist --epochs 40 --out runs/fmnist
     python experiments/population.py --members 256 --fixed-architecture --set optimizer=adam --out runs/adam_only
 """
@@ -15,6 +15,10 @@ from nwsjax.run import RunConfig, config_from_args, prepare_run, run_population,
 from nwsjax.space import PROPERTY_NAMES
 
 DEFAULTS = RunConfig()
+
+# With no arguments at all: a population that trains in a few minutes on a laptop CPU.
+# One architecture and batch size make it one cohort, so it compiles once.
+DEMO = ["--members", "16", "--fixed-architecture", "--set", "batch_size=64", "--epochs", "10"]
 
 
 def parse_args(argv):
@@ -55,6 +59,10 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        print(f"no arguments: the demo population, as population.py {' '.join(DEMO)}", file=sys.stderr)
+        argv = DEMO
     args = parse_args(argv)
     quiet = args.quiet
     values = vars(args)

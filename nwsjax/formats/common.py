@@ -109,7 +109,9 @@ def member_ids(frame: pd.DataFrame, where: str) -> np.ndarray:
         raise ZooError(f"{where}: column 'member' holds non-integer ids; remove the column or fix its values")
     ids = ids.to_numpy(np.int64)
     if len(np.unique(ids)) != len(ids):
-        raise ZooError(f"{where}: column 'member' repeats ids; give every network its own id or remove the column")
+        raise ZooError(
+            f"{where}: column 'member' repeats ids; give every network its own id or remove the column"
+        )
     return ids
 
 
@@ -131,15 +133,16 @@ def export_history(curves: pd.DataFrame | None, record: pd.Series) -> pd.DataFra
 
     Args:
       curves: the member's rows of ``zoo.curves`` (``epoch``, ``steps`` and any of
-        ``train_acc``, ``val_acc``, ``test_acc``, ``train_loss``, ``test_loss``), or None.
+        ``train_acc``, ``val_acc``, ``test_acc``, ``smoothed_val_acc``, ``train_loss``,
+        ``test_loss``), or None.
       record: the member's row of ``zoo.members``; its ``exports`` and ``steps`` are
         used when present.
 
     Returns:
       DataFrame [n_exports rows] with columns export, epoch, steps, train_acc, val_acc,
-      test_acc, train_loss, test_loss (accuracies as fractions).
+      test_acc, smoothed_val_acc, train_loss, test_loss (accuracies as fractions).
     """
-    metrics = ["train_acc", "val_acc", "test_acc", "train_loss", "test_loss"]
+    metrics = ["train_acc", "val_acc", "test_acc", "smoothed_val_acc", "train_loss", "test_loss"]
     curves = pd.DataFrame(columns=["epoch", "steps"]) if curves is None else curves
     last_epoch = int(curves["epoch"].max()) if len(curves) else 0
     n_exports = int(record["exports"]) if pd.notna(record.get("exports")) else last_epoch + 1
@@ -212,8 +215,8 @@ class FileZoo:
         arch = infer_architecture(self._props(member), row["weightn_conv"], row["weightn_fc"])
         if arch is None:
             raise ZooError(
-                f"network {member}: weightn_conv={row['weightn_conv']}, weightn_fc={row['weightn_fc']} fit no "
-                "architecture of the nwsjax family; use flat() (vectors), not params()/architecture()"
+                f"network {member}: weightn_conv={row['weightn_conv']}, weightn_fc={row['weightn_fc']} "
+                "fit no architecture of the nwsjax family; use flat() (vectors), not params()/architecture()"
             )
         return arch
 

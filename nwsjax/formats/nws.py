@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,9 @@ def _option(name: str, value: Any) -> Any:
     options = PROPERTIES[name].options
     if isinstance(value, str):
         return next((o for o in options if str(o).lower() == value.strip().lower()), value)
-    if name in INDEXED and isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, bool):
-        if float(value).is_integer() and 0 <= value < len(options):
-            return options[int(value)]
+    number = isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, bool)
+    if name in INDEXED and number and float(value).is_integer() and 0 <= value < len(options):
+        return options[int(value)]
     return value
 
 
@@ -75,7 +75,9 @@ def _split_of(path: Path) -> str:
     for split in ("test", "train"):
         if split in stem:
             return split
-    raise ZooError(f"{path}: cannot tell whether this is the train or test list; pass {{'train': ..., 'test': ...}}")
+    raise ZooError(
+        f"{path}: cannot tell whether this is the train or test list; pass {{'train': ..., 'test': ...}}"
+    )
 
 
 def _sources(csv_paths) -> list[tuple[str, Path]]:
@@ -83,7 +85,7 @@ def _sources(csv_paths) -> list[tuple[str, Path]]:
     if isinstance(csv_paths, Mapping):
         bad = [s for s in csv_paths if s not in SPLITS]
         if bad:
-            raise ConfigError(f"split names {bad} are not 'train' or 'test'; key the CSV paths by 'train'/'test'")
+            raise ConfigError(f"split names {bad} are not 'train' or 'test'; key the CSV paths by those")
         return [(split, Path(p)) for split, p in csv_paths.items()]
     paths = [csv_paths] if isinstance(csv_paths, (str, os.PathLike)) else list(csv_paths)
     if not paths:
@@ -96,15 +98,17 @@ def _read_list(path: Path, split: str) -> pd.DataFrame:
     if not path.is_file():
         raise ZooError(f"{path}: no such NWS CSV; pass the train/test lists of the NWS dataset")
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, float_precision="round_trip")
     except Exception as err:  # pandas raises several types for malformed files
-        raise ZooError(f"{path}: unreadable as CSV ({err.__class__.__name__}); pass an NWS train/test list") from None
+        problem = err.__class__.__name__
+        raise ZooError(f"{path}: unreadable as CSV ({problem}); pass an NWS train/test list") from None
     check_columns(frame, CSV_COLUMNS, str(path), f"an NWS list has the columns {', '.join(CSV_COLUMNS)}")
     for column in ("weightn_conv", "weightn_fc"):
         values = pd.to_numeric(frame[column], errors="coerce")
         if values.isna().any() or (values < 0).any():
             row = int(np.flatnonzero((values.isna() | (values < 0)).to_numpy())[0])
-            raise ZooError(f"{path}: row {row + 2} has {column}={frame[column].iloc[row]!r}; it must be a count of weights")
+            value = frame[column].iloc[row]
+            raise ZooError(f"{path}: line {row + 2} has {column}={value!r}; it must be a count of weights")
         frame[column] = values.astype(np.int64)
     base = path.parent.absolute()
     frame["path"] = [os.path.normpath(base / str(p)) for p in frame["path"]]
@@ -157,8 +161,8 @@ class NWSZoo(FileZoo):
         size = path.stat().st_size
         if size != 8 * expected:
             raise ZooError(
-                f"network {member} ({self.members.at[member, 'path']}): {name} holds {size / 8:g} float64 values, "
-                f"not weightn_conv + weightn_fc = {expected}; fix the CSV row or restore the file"
+                f"network {member} ({self.members.at[member, 'path']}): {name} holds {size / 8:g} float64 "
+                f"values, not weightn_conv + weightn_fc = {expected}; fix the CSV row or restore the file"
             )
         return np.fromfile(path, np.float64).astype(np.float32)
 
@@ -167,8 +171,8 @@ class NWSZoo(FileZoo):
         values = np.fromfile(path, np.float64)
         if path.stat().st_size % 8 or len(values) % width or not len(values):
             raise ZooError(
-                f"network {member} ({self.members.at[member, 'path']}): {name} is not rows of {width} float64 "
-                "values; restore the file"
+                f"network {member} ({self.members.at[member, 'path']}): {name} is not rows of {width} "
+                "float64 values; restore the file"
             )
         return values.reshape(-1, width)
 
@@ -176,9 +180,13 @@ class NWSZoo(FileZoo):
     def stats(self) -> pd.DataFrame:
         """stat.bin of every member: exports, steps, epochs, seconds; indexed by member."""
         rows = {m: self._read_float64(m, "stat.bin", 4)[0] for m in self.members.index}
-        frame = pd.DataFrame.from_dict(rows, orient="index", columns=["exports", "steps", "epochs", "seconds"])
+        columns = ["exports", "steps", "epochs", "seconds"]
+        frame = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
         frame.index.name = "member"
-        return frame.astype({"exports": np.int64, "steps": np.int64, "epochs": np.int64})
+        for column in columns[:3]:
+            if np.isfinite(frame[column]).all():
+                frame[column] = frame[column].astype(np.int64)
+        return frame
 
     def _read_curves(self) -> pd.DataFrame:
         """error.bin of every member, first ``stat.bin[0]`` rows: one row per member and export.
@@ -189,15 +197,16 @@ class NWSZoo(FileZoo):
         frames = []
         for member in self.members.index:
             errors = self._read_float64(member, "error.bin", len(ERROR_COLUMNS))
-            errors = errors[: int(self.stats.at[member, "exports"])]
-            n = len(errors)
+            exports = self.stats.at[member, "exports"]
+            errors = errors[: int(exports)] if np.isfinite(exports) else errors
+            n, steps = len(errors), errors[:, 0]
             frames.append(
                 pd.DataFrame(
                     {
                         "member": np.full(n, member),
                         "export": np.arange(1, n + 1),
                         "epoch": np.arange(n),
-                        "steps": errors[:, 0].astype(np.int64) if np.isfinite(errors[:, 0]).all() else errors[:, 0],
+                        "steps": steps.astype(np.int64) if np.isfinite(steps).all() else steps,
                         "train_acc": 1 - errors[:, 1] / 100,
                         "val_acc": 1 - errors[:, 2] / 100,
                         "test_acc": 1 - errors[:, 3] / 100,
@@ -218,7 +227,9 @@ def _count_snapshots(members: pd.DataFrame) -> int:
         )
     k = sum(1 for p in folder.iterdir() if p.suffix == ".bin" and p.stem.isdigit())
     if k == 0:
-        raise ZooError(f"network {member} ({folder.parent}): no weights/NNN.bin files; restore them or pass snapshots=K")
+        raise ZooError(
+            f"network {member} ({folder.parent}): no weights/NNN.bin files; restore them or pass snapshots=K"
+        )
     return k
 
 
@@ -245,7 +256,7 @@ def open(csv_paths, *, snapshots: int | None = None) -> NWSZoo:  # noqa: A001 - 
     where = ", ".join(str(path) for _, path in sources)
     members.index = pd.Index(member_ids(members, where), name="member")
     members = members.drop(columns=[c for c in ["member"] if c in members.columns])
-    members = pd.concat([members, _architecture_columns(members)], axis=1)
+    members = pd.concat([members, _architecture_columns(members)], axis=1).sort_index()
     if not len(members):
         raise ZooError(f"{where}: no networks listed; pass non-empty NWS lists")
     k = _count_snapshots(members) if snapshots is None else int(snapshots)
@@ -268,13 +279,16 @@ def _assign_splits(members: pd.DataFrame, split, seed: int) -> pd.Series:
     elif isinstance(split, float):
         if not 0 < split < 1:
             raise ConfigError(f"split={split}: a test fraction must lie in (0, 1)")
-        test = np.random.default_rng(seed).permutation(members.index.to_numpy())[: round(split * len(members))]
+        shuffled = np.random.default_rng(seed).permutation(members.index.to_numpy())
+        test = shuffled[: round(split * len(members))]
         labels = pd.Series(np.where(members.index.isin(test), "test", "train"), index=members.index)
     elif isinstance(split, (Mapping, pd.Series)):
         labels = pd.Series(dict(split) if isinstance(split, Mapping) else split).reindex(members.index)
         if labels.isna().any():
             missing = labels.index[labels.isna()].tolist()
-            raise ConfigError(f"split has no entry for member ids {missing[:5]}; give every member 'train' or 'test'")
+            raise ConfigError(
+                f"split has no entry for member ids {missing[:5]}; give every member 'train' or 'test'"
+            )
     else:
         raise ConfigError(f"split={split!r}: pass None, a test fraction, or {{member id: 'train' | 'test'}}")
     bad = sorted(set(labels) - set(SPLITS))
@@ -284,9 +298,15 @@ def _assign_splits(members: pd.DataFrame, split, seed: int) -> pd.Series:
 
 
 def _error_rows(history: pd.DataFrame) -> np.ndarray:
-    """error.bin rows [n_exports, 5] from an export history (see :func:`export_history`)."""
+    """error.bin rows [n_exports, 5] from an export history (see :func:`export_history`).
+
+    The smoothed validation error is the history's own when it has one (an imported
+    NWS zoo), else the running mean of the validation error over the exports so far.
+    """
     val_error = 100 * (1 - history["val_acc"].to_numpy(np.float64))
-    smoothed = pd.Series(val_error).expanding().mean().to_numpy()
+    smoothed = 100 * (1 - history["smoothed_val_acc"].to_numpy(np.float64))
+    if np.isnan(smoothed).all():
+        smoothed = pd.Series(val_error).expanding().mean().to_numpy()
     return np.stack(
         [
             history["steps"].to_numpy(np.float64),
@@ -333,12 +353,16 @@ def export(zoo, out_dir: str | os.PathLike, split=None, *, seed: int = 0) -> dic
     """
     out = Path(out_dir)
     members = zoo.members
-    check_columns(members, [*PROPERTY_NAMES, "weightn_conv", "weightn_fc"], "zoo.members", "export needs them")
+    required = [*PROPERTY_NAMES, "weightn_conv", "weightn_fc"]
+    check_columns(members, required, "zoo.members", "export needs them")
     labels = _assign_splits(members, split, seed)
     curves = zoo.curves
     by_member = dict(tuple(curves.groupby("member"))) if len(curves) else {}
+    stats = getattr(zoo, "stats", None)  # an NWS zoo keeps exports, steps, epochs, seconds there
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for member, record in members.iterrows():
+        if isinstance(stats, pd.DataFrame) and member in stats.index:
+            record = record.combine_first(stats.loc[member])
         folder = out / "nets" / f"{member:06d}"
         (folder / "weights").mkdir(parents=True, exist_ok=True)
         expected = int(record["weightn_conv"] + record["weightn_fc"])

@@ -56,16 +56,16 @@ __all__ = [
 
 LAYOUT_COLUMNS = ("varname", "start_idx", "end_idx", "shape")
 # metrics.csv.gz column -> our members/curves name
-METRICS = {"train_accuracy": "train_acc", "test_accuracy": "test_acc", "train_loss": "train_loss", "test_loss": "test_loss"}
-# our property -> the config column our exporter writes (the zoo's own name where it has one)
-CONFIG_NAMES = {
-    "dataset": "config.dataset",
-    "lrate": "config.learning_rate",
-    "optimizer": "config.optimizer",
-    "activation": "config.activation",
-    "initialization": "config.w_init",
-    **{name: f"config.{name}" for name in PROPERTY_NAMES if name not in ("dataset", "lrate", "optimizer", "activation", "initialization")},
+METRICS = {
+    "train_accuracy": "train_acc",
+    "val_accuracy": "val_acc",
+    "test_accuracy": "test_acc",
+    "train_loss": "train_loss",
+    "test_loss": "test_loss",
 }
+# our property -> the config column our exporter writes (the zoo's own name where it has one)
+_ZOO_NAMES = {"lrate": "learning_rate", "initialization": "w_init"}
+CONFIG_NAMES = {name: f"config.{_ZOO_NAMES.get(name, name)}" for name in PROPERTY_NAMES}
 # Fixed settings of our family, written for completeness of the config columns.
 FIXED_CONFIG = {
     "config.dnn_architecture": "nws",
@@ -122,7 +122,7 @@ def read_layout(path: Path, width: int) -> list[Variable]:
     outside the row.
     """
     if not path.is_file():
-        raise ZooError(f"{path}: missing; a Small CNN Zoo folder needs layout.csv, weights.npy and metrics.csv.gz")
+        raise ZooError(f"{path}: missing; a Small CNN Zoo folder needs layout.csv next to weights.npy")
     try:
         frame = pd.read_csv(path)
     except Exception as err:  # pandas raises several types for malformed files
@@ -134,7 +134,8 @@ def read_layout(path: Path, width: int) -> list[Variable]:
             shape = _parse_shape(row.shape)
             start, end = int(row.start_idx), int(row.end_idx)
         except (ValueError, SyntaxError, TypeError):
-            raise ZooError(f"{path}: variable {row.varname}: unreadable shape or indices; fix layout.csv") from None
+            problem = f"{path}: variable {row.varname}: unreadable shape or indices"
+            raise ZooError(f"{problem}; fix layout.csv") from None
         if end - start != int(np.prod(shape)) or start < 0 or end > width:
             raise ZooError(
                 f"{path}: variable {row.varname}: columns {start}..{end} do not hold shape {shape} inside "
@@ -204,7 +205,7 @@ class _Folder:
 def _read_metrics(folder: Path, rows: int) -> pd.DataFrame:
     path = next((folder / n for n in ("metrics.csv.gz", "metrics.csv") if (folder / n).is_file()), None)
     if path is None:
-        raise ZooError(f"{folder}: metrics.csv.gz missing; a Small CNN Zoo folder needs it next to weights.npy")
+        raise ZooError(f"{folder}: metrics.csv.gz missing; a Small CNN Zoo folder needs it")
     try:
         frame = pd.read_csv(path, float_precision="round_trip")
     except Exception as err:  # pandas raises several types for malformed files
@@ -212,13 +213,18 @@ def _read_metrics(folder: Path, rows: int) -> pd.DataFrame:
     frame = frame.rename(columns={"Unnamed: 0": "checkpoint"})
     check_columns(frame, ["step"], str(path), "it needs one row per checkpoint with its training step")
     if len(frame) != rows:
-        raise ZooError(f"{path}: {len(frame)} rows for {rows} rows of weights.npy; the two files must match row by row")
+        raise ZooError(
+            f"{path}: {len(frame)} rows for {rows} rows of weights.npy; the two files must match row by row"
+        )
     return frame
 
 
 def _read_folder(path: Path, order: str) -> tuple[_Folder, pd.DataFrame]:
     if not path.is_dir():
-        raise ZooError(f"{path}: no such folder; pass a Small CNN Zoo dataset folder (weights.npy, layout.csv, metrics.csv.gz)")
+        raise ZooError(
+            f"{path}: no such folder; pass a Small CNN Zoo dataset folder "
+            "(weights.npy, layout.csv, metrics.csv.gz)"
+        )
     weights_path = path / "weights.npy"
     if not weights_path.is_file():
         raise ZooError(f"{weights_path}: missing; a Small CNN Zoo folder needs weights.npy")
@@ -253,7 +259,7 @@ def _check_config(metrics: pd.DataFrame, key: list[str], where: str) -> None:
     if len(bad):
         network = bad.index[0]
         column = bad.columns[(bad.iloc[0] > 1).to_numpy()][0]
-        raise ZooError(f"{where}: network {network}: its checkpoints disagree on {column}; fix metrics.csv.gz")
+        raise ZooError(f"{where}: network {network}: its checkpoints disagree on {column}; fix the file")
 
 
 def _config_props(row: pd.Series) -> dict:
@@ -316,7 +322,8 @@ class SmallCNNZoo(FileZoo):
         stored = np.stack([self._stored(i, snapshot) for i in ids])
         tree: dict[str, dict[str, np.ndarray]] = {}
         for v in layouts.pop():
-            tree.setdefault(v.layer, {})[v.name] = stored[:, v.start : v.start + v.size].reshape(len(ids), *v.shape)
+            array = stored[:, v.start : v.start + v.size].reshape(len(ids), *v.shape)
+            tree.setdefault(v.layer, {})[v.name] = array
         return tree
 
 
@@ -345,72 +352,85 @@ def open(folders, *, snapshots: int | None = None, order: str = "nws") -> SmallC
     if not paths:
         raise ConfigError("no folder given; pass Small CNN Zoo dataset folders")
     loaded = [_read_folder(p, order) for p in paths]
-    networks = []  # (folder index, key, rows sorted by step)
-    for index, (folder, metrics) in enumerate(loaded):
-        where = str(folder.path / "metrics.csv.gz")
-        key = _network_key(metrics, where)
-        _check_config(metrics, key, where)
-        steps = pd.to_numeric(metrics["step"], errors="coerce").to_numpy()
-        for name, rows in metrics.groupby(key, sort=False, dropna=False).indices.items():
-            rows = rows[np.argsort(steps[rows], kind="stable")]
-            networks.append((index, name[0] if len(key) == 1 and isinstance(name, tuple) else name, rows))
-    counts = pd.Series([len(rows) for _, _, rows in networks])
+    grouped = [_networks(folder, metrics) for folder, metrics in loaded]
+    counts = pd.Series([len(rows) for networks in grouped for _, rows in networks], dtype=np.int64)
     k = int(counts.value_counts().idxmax()) if snapshots is None else int(snapshots)
     if k < 1:
         raise ConfigError(f"snapshots={snapshots}: need at least 1")
-    kept = [n for n in networks if len(n[2]) == k]
-    left_out = [
-        {"folder": str(loaded[f][0].path), "network": str(key), "checkpoints": len(rows)}
-        for f, key, rows in networks
-        if len(rows) != k
-    ]
-    if not kept:
+    left_out, frames, curves, rows = [], [], [], []
+    for index, ((folder, metrics), networks) in enumerate(zip(loaded, grouped)):
+        left_out += [
+            {"folder": str(folder.path), "network": str(key), "checkpoints": len(r)}
+            for key, r in networks
+            if len(r) != k
+        ]
+        kept = [(key, r) for key, r in networks if len(r) == k]
+        if kept:
+            frames.append(_members_of(folder, metrics, kept))
+            curves.append(_curves_of(metrics, kept))
+            rows += [(index, r) for _, r in kept]
+    if not rows:
         raise ZooError(f"no network has {k} checkpoints; pass snapshots= one of {sorted(set(counts))}")
-    records = []
-    for f, key, rows in kept:
-        folder, metrics = loaded[f]
-        first, last = metrics.iloc[rows[0]], metrics.iloc[rows[-1]]
-        record = {c: first[c] for c in metrics.columns if c.startswith("config.")}
-        if "member" in metrics.columns:
-            record["member"] = first["member"]
-        counts_by_part = {"conv": 0, "fc": 0}
-        for segment in folder.segments:
-            counts_by_part[segment.part] += segment.size
-        record.update(
-            network=str(key),
-            folder=str(folder.path),
-            dataset=first.get("config.dataset", folder.path.name),
-            checkpoints=len(rows),
-            weightn_conv=counts_by_part["conv"],
-            weightn_fc=counts_by_part["fc"],
-            **{ours: last[theirs] for theirs, ours in METRICS.items() if theirs in metrics.columns},
-        )
-        records.append(record)
-    members = pd.DataFrame.from_records(records)
+    members = pd.concat(frames, ignore_index=True)
     ids = member_ids(members, ", ".join(str(p) for p in paths))
     members = members.drop(columns=[c for c in ["member"] if c in members.columns])
     members.index = pd.Index(ids, name="member")
     archs = [
-        infer_architecture(_config_props(row), row["weightn_conv"], row["weightn_fc"]) for _, row in members.iterrows()
+        infer_architecture(_config_props(row), row["weightn_conv"], row["weightn_fc"])
+        for _, row in members.iterrows()
     ]
     members["architecture"] = pd.array([a.label() if a else None for a in archs], dtype="str")
+    curves_frame = pd.concat(curves, ignore_index=True)
+    curves_frame.insert(0, "member", np.repeat(ids, k))
     info = {"format": "smallcnnzoo", "folders": [str(p) for p in paths], "order": order, "left_out": left_out}
-    rows = {int(i): (f, rows) for i, (f, _, rows) in zip(ids, kept)}
-    folders_read = [folder for folder, _ in loaded]
-    return SmallCNNZoo(paths[0], info, members, k, folders_read, rows, _curves(loaded, kept, ids))
+    return SmallCNNZoo(
+        paths[0],
+        info,
+        members.sort_index(),
+        k,
+        [folder for folder, _ in loaded],
+        dict(zip(ids.tolist(), rows)),
+        curves_frame.sort_values(["member", "snapshot"], kind="stable", ignore_index=True),
+    )
 
 
-def _curves(loaded, kept, ids) -> pd.DataFrame:
-    """One row per kept member and checkpoint: member, snapshot, step and the metric columns."""
-    frames = []
-    for member, (f, _, rows) in zip(ids, kept):
-        metrics = loaded[f][1]
-        keep = [c for c in ["checkpoint", "step", *METRICS] if c in metrics.columns]
-        frame = metrics.iloc[rows][keep].reset_index(drop=True)
-        frame.insert(0, "snapshot", np.arange(1, len(rows) + 1))
-        frame.insert(0, "member", int(member))
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+def _networks(folder: _Folder, metrics: pd.DataFrame) -> list[tuple]:
+    """A folder's networks in order of first checkpoint: ``(key, weights rows sorted by step)``."""
+    where = str(folder.path / "metrics.csv.gz")
+    key = _network_key(metrics, where)
+    _check_config(metrics, key, where)
+    steps = pd.to_numeric(metrics["step"], errors="coerce").to_numpy()
+    networks = []
+    for name, rows in metrics.groupby(key, sort=False, dropna=False).indices.items():
+        name = name[0] if len(key) == 1 and isinstance(name, tuple) else name
+        networks.append((name, rows[np.argsort(steps[rows], kind="stable")]))
+    return networks
+
+
+def _members_of(folder: _Folder, metrics: pd.DataFrame, kept: list[tuple]) -> pd.DataFrame:
+    """Members-table rows of a folder's kept networks: config of the first checkpoint, metrics of the last."""
+    first = metrics.iloc[[rows[0] for _, rows in kept]].reset_index(drop=True)
+    last = metrics.iloc[[rows[-1] for _, rows in kept]].reset_index(drop=True)
+    columns = [c for c in metrics.columns if c.startswith("config.") or c == "member"]
+    frame = first[columns].copy()
+    frame["network"] = [str(key) for key, _ in kept]
+    frame["folder"] = str(folder.path)
+    frame["dataset"] = first["config.dataset"] if "config.dataset" in first else folder.path.name
+    frame["checkpoints"] = [len(rows) for _, rows in kept]
+    for part in ("conv", "fc"):
+        frame[f"weightn_{part}"] = sum(s.size for s in folder.segments if s.part == part)
+    for theirs, ours in METRICS.items():
+        if theirs in last:
+            frame[ours] = last[theirs]
+    return frame
+
+
+def _curves_of(metrics: pd.DataFrame, kept: list[tuple]) -> pd.DataFrame:
+    """One row per checkpoint of the kept networks, in order: snapshot, step and the metric columns."""
+    keep = [c for c in ["checkpoint", "step", *METRICS] if c in metrics.columns]
+    frame = metrics.iloc[np.concatenate([rows for _, rows in kept])][keep].reset_index(drop=True)
+    frame.insert(0, "snapshot", np.tile(np.arange(1, len(kept[0][1]) + 1), len(kept)))
+    return frame
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -473,7 +493,8 @@ def _write_folder(zoo, folder: Path, ids: list[int], arch, by_member: dict) -> N
     ).to_csv(folder / "layout.csv", index=False)
     k = zoo.num_snapshots
     n = segments[-1].offset + segments[-1].size
-    weights = np.lib.format.open_memmap(folder / "weights.npy", mode="w+", dtype=np.float32, shape=(len(ids) * k, n))
+    shape = (len(ids) * k, n)
+    weights = np.lib.format.open_memmap(folder / "weights.npy", mode="w+", dtype=np.float32, shape=shape)
     rows = []
     for index, member in enumerate(ids):
         record = zoo.members.loc[member]
@@ -485,7 +506,8 @@ def _write_folder(zoo, folder: Path, ids: list[int], arch, by_member: dict) -> N
             config["config.random_seed"] = record["seed"]
         for snapshot in range(1, k + 1):
             params = unflatten(np.asarray(zoo.flat([member], snapshot=snapshot)[0]), arch)
-            weights[index * k + snapshot - 1] = np.concatenate([params[s.path[0]][s.path[1]].ravel() for s in segments])
+            stored = [params[s.path[0]][s.path[1]].ravel() for s in segments]
+            weights[index * k + snapshot - 1] = np.concatenate(stored)
             at = history.iloc[min(int(exports[snapshot - 1]), len(history)) - 1]
             rows.append(
                 {

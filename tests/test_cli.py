@@ -1,0 +1,91 @@
+"""experiments/population.py: a real run end to end, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "experiments" / "population.py")
+QUICK = ["--members", "2", "--max-images", "300", "--epochs", "1", "--snapshots", "2", "--quiet",
+         "--set", "batch_size=128", "--set", "filter_size=3", "--set", "width_conv=4", "--set", "width_fc=64",
+         "--set", "depth_conv=3", "--set", "depth_fc=2"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "zoo"
+    result = run(*QUICK, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy: median" in result.stdout and "model-steps/s" in result.stdout
+    return out
+
+
+def test_cli_writes_a_zoo_with_its_config(zoo_dir):
+    import nwsjax
+
+    zoo = nwsjax.open_zoo(zoo_dir)
+    assert len(zoo.members) == 2 and zoo.num_snapshots == 2
+    assert zoo.info["config"]["run"]["members"] == 2
+    assert zoo.info["config"]["datasets"]["digits"]["train"] == 300
+    assert set(zoo.members.filter_size) == {3}
+
+
+def test_refuses_to_overwrite_and_keeps_the_zoo(zoo_dir):
+    before = {p: p.stat().st_mtime_ns for p in zoo_dir.rglob("*") if p.is_file()}
+    result = run(*QUICK, "--out", str(zoo_dir))
+    assert result.returncode == 2
+    assert "--overwrite" in result.stderr and "Traceback" not in result.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in zoo_dir.rglob("*") if p.is_file()}
+
+
+BAD = [
+    (["--set", "optimizer=adagrad"], "unknown option"),
+    (["--set", "lrate=0.5"], "outside the NWS range"),
+    (["--set", "nonsense=1"], "unknown property"),
+    (["--set", "optimizer"], "expected name=value"),
+    (["--dataset", "no_such_dataset_xyz"], "no_such_dataset_xyz"),
+    (["--dataset", "/no/such/folder"], "/no/such/folder"),
+    (["--devices", "8"], "only 1 device is supported yet"),
+    (["--members", "0"], "at least 1 member"),
+    (["--epochs", "0"], "at least 1 epoch"),
+    (["--max-images", "0"], "must be >= 1"),
+    (["--strategy", "teleport"], "unknown"),
+    (["--snapshots", "0"], "at least 1"),
+    (["--members", "many"], "invalid int value"),
+    (["--bogus-flag"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
+    out = tmp_path / "out"
+    result = run(*args, "--out", str(out), "--quiet")
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert fragment in lines[0]
+    assert not out.exists()  # nothing written before the error
+
+
+def test_out_folder_that_is_not_a_zoo_is_left_alone(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    result = run("--out", str(tmp_path), "--quiet")
+    assert result.returncode == 2 and "holds no zoo" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    file_out = tmp_path / "file"
+    file_out.write_text("x")
+    result = run("--out", str(file_out), "--quiet")
+    assert result.returncode == 2 and "not a folder" in result.stderr
+
+
+def test_zoo_json_of_another_run_is_not_overwritten_silently(tmp_path):
+    (tmp_path / "zoo.json").write_text(json.dumps({"format": "nwsjax-zoo", "version": 1, "status": "complete"}))
+    result = run("--out", str(tmp_path), "--quiet")
+    assert result.returncode == 2 and "holds a zoo already" in result.stderr

@@ -1,0 +1,101 @@
+"""The NWS CNN family: layer shapes, parameter counts, flattening order, conv variants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nwsjax.model import ACTIVATIONS, Architecture, NWSNet, count_weights, flatten, layout, unflatten
+
+
+def shapes(arch, **kw):
+    variables = NWSNet(arch, **kw).init(
+        {"params": jax.random.key(0)}, jnp.zeros((2, 32, 32, 3)), activation=0, initialization=2
+    )
+    return jax.tree.map(lambda x: x.shape, variables["params"])
+
+
+def test_fixed_architecture_layers_and_about_92k_weights():
+    params = shapes(Architecture())
+    assert params["conv0"]["kernel"] == (5, 5, 3, 8)
+    assert params["conv1"]["kernel"] == (5, 5, 8, 16)
+    assert params["conv2"]["kernel"] == (5, 5, 16, 32)
+    assert params["fc0"]["kernel"] == (4 * 4 * 32, 128)
+    assert params["fc1"]["kernel"] == (128, 64)
+    assert params["out"]["kernel"] == (64, 10)
+    assert params["conv0_bn"]["scale"] == (8,)
+    counts = count_weights(Architecture())
+    assert counts == {"conv": 16768, "fc": 74954, "total": 91722}
+
+
+@pytest.mark.parametrize(
+    "arch, conv_layers, channels, fc_widths",
+    [
+        (Architecture(3, 4, 3, 4, 64), 4, (4, 8, 16, 16), (64, 32, 16)),
+        (Architecture(7, 5, 4, 12, 192), 5, (12, 24, 24, 48, 48), (192, 96, 48, 24)),
+        (Architecture(5, 3, 2, 8, 128, batch_norm=False), 3, (8, 16, 32), (128, 64)),
+    ],
+)
+def test_depth_is_spread_over_blocks_from_the_last(arch, conv_layers, channels, fc_widths):
+    params = shapes(arch)
+    got = tuple(params[f"conv{i}"]["kernel"][-1] for i in range(conv_layers))
+    assert got == channels and f"conv{conv_layers}" not in params
+    assert params[f"conv0"]["kernel"][:2] == (arch.filter_size, arch.filter_size)
+    assert tuple(params[f"fc{i}"]["kernel"][-1] for i in range(arch.depth_fc)) == fc_widths
+    assert ("conv0_bn" in params) == arch.batch_norm
+    total = sum(int(np.prod(s)) for s in jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, tuple)))
+    assert count_weights(arch)["total"] == total
+
+
+def test_flatten_order_matches_a_hand_built_vector():
+    arch = Architecture(3, 3, 2, 4, 64)
+    segments = layout(arch)
+    rng = np.random.default_rng(0)
+    params = {}
+    for s in segments:
+        params.setdefault(s.path[0], {})[s.path[1]] = rng.normal(size=s.shape).astype(np.float32)
+    flat = flatten(params, arch)
+    k = params["conv0"]["kernel"]  # [3, 3, in=3, out=4]
+    # First output channel, first input channel, taps row by row; then the next input channel.
+    expected_start = np.concatenate([k[:, :, 0, 0].ravel(), k[:, :, 1, 0].ravel(), k[:, :, 2, 0].ravel()])
+    np.testing.assert_array_equal(flat[:27], expected_start)
+    np.testing.assert_array_equal(flat[27:36], k[:, :, 0, 1].ravel())
+    bias_at = 3 * 3 * 3 * 4
+    np.testing.assert_array_equal(flat[bias_at : bias_at + 4], params["conv0"]["bias"])
+    np.testing.assert_array_equal(flat[bias_at + 4 : bias_at + 8], params["conv0_bn"]["scale"])
+    dense = params["fc1"]["kernel"]  # [64, 32]: output unit 0's incoming weights are contiguous
+    at = next(s.offset for s in segments if s.path == ("fc1", "kernel"))
+    np.testing.assert_array_equal(flat[at : at + 64], dense[:, 0])
+    conv_len = sum(s.size for s in segments if s.part == "conv")
+    assert all(s.part == "conv" for s in segments if s.offset < conv_len)
+    assert len(flat) == count_weights(arch)["total"]
+    back = unflatten(flat, arch)
+    assert all(np.array_equal(back[a][b], params[a][b]) for a, b in (s.path for s in segments))
+    stacked = jax.tree.map(lambda x: np.stack([x, 2 * x]), params)
+    np.testing.assert_array_equal(flatten(stacked, arch)[1], 2 * flat)
+
+
+def test_traced_activation_and_im2col_conv_match_the_plain_model():
+    arch = Architecture(3, 3, 2, 4, 64)
+    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
+    net = NWSNet(arch)
+    variables = net.init({"params": jax.random.key(0)}, x, activation=0, initialization=3)
+    for index in range(len(ACTIVATIONS)):
+        plain = net.apply(variables, x, activation=index)
+        traced = jax.jit(lambda v, a: net.apply(v, x, activation=a))(variables, jnp.int32(index))
+        np.testing.assert_allclose(traced, plain, rtol=1e-5, atol=1e-6)
+        im2col = NWSNet(arch, conv_impl="im2col").apply(variables, x, activation=index)
+        np.testing.assert_allclose(im2col, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_initializations_take_effect():
+    arch = Architecture(3, 3, 2, 4, 64)
+    kernels = []
+    for init in range(4):
+        v = NWSNet(arch).init({"params": jax.random.key(0)}, jnp.zeros((1, 32, 32, 3)), activation=0, initialization=init)
+        kernels.append(np.asarray(v["params"]["fc0"]["kernel"]))
+        assert np.all(np.asarray(v["params"]["fc0"]["bias"]) == 0)
+    assert np.all(kernels[0] == np.float32(0.1))
+    assert 0.9 < kernels[1].std() < 1.1
+    assert kernels[2].std() < 0.2 and kernels[3].std() < 0.2
+    assert not np.array_equal(kernels[2], kernels[3])
