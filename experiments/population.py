@@ -7,12 +7,29 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
-from nwsjax.cli import ArgumentParser, enable_compilation_cache, main_wrapper
-from nwsjax.run import RunConfig, config_from_args, prepare_run, run_population, split_list, summary_table
-from nwsjax.space import PROPERTY_NAMES
+
+def _virtual_cpu_devices(argv: list[str]) -> None:
+    """``--devices N`` on a CPU host: make N virtual devices (must precede JAX's start).
+
+    Accelerator backends ignore this flag; their real devices are used.
+    """
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--devices=") else argv[i + 1] if arg == "--devices" and i + 1 < len(argv) else None
+        if value and value.isdigit() and int(value) > 1:
+            flags = os.environ.get("XLA_FLAGS", "")
+            if "xla_force_host_platform_device_count" not in flags:
+                os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={value}".strip()
+
+
+_virtual_cpu_devices(sys.argv[1:])
+
+from nwsjax.cli import ArgumentParser, enable_compilation_cache, main_wrapper  # noqa: E402
+from nwsjax.run import RunConfig, config_from_args, prepare_run, run_population, split_list, summary_table  # noqa: E402
+from nwsjax.space import PROPERTY_NAMES  # noqa: E402
 
 DEFAULTS = RunConfig()
 
@@ -52,7 +69,11 @@ def parse_args(argv):
     p.add_argument("--max-images", type=int, help="cap each dataset split at this many images (quick studies)")
     p.add_argument("--strategy", help="execution strategy: auto, map, vmap, chunkedN, with +xla or +im2col")
     p.add_argument("--max-slots", type=int, help="most members of one cohort trained at once (default 256)")
-    p.add_argument("--devices", type=int, help="devices to shard over (only 1 is supported yet)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        help="devices to shard each cohort over (default 1); on CPU, N virtual devices are made",
+    )
     p.add_argument("--cache-dir", help="prepared-dataset cache folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)

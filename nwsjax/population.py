@@ -54,6 +54,8 @@ class TrainConfig:
       strategy: execution strategy; None chooses per backend.
       eval_chunk: images per evaluation chunk.
       members_per_part: members per Orbax checkpoint of a cohort.
+      devices: devices the cohort's slots are sharded over (a ``("pop",)`` mesh with
+        ``shard_map``; each device runs the strategy over its local slots).
     """
 
     stopping: StoppingConfig = StoppingConfig()
@@ -62,12 +64,21 @@ class TrainConfig:
     strategy: Strategy | None = None
     eval_chunk: int = 500
     members_per_part: int = 64
+    devices: int = 1
 
     def __post_init__(self):
         if self.snapshots < 1:
             raise ConfigError(f"snapshots={self.snapshots}: need at least 1")
         if self.max_slots < 1:
             raise ConfigError(f"max_slots={self.max_slots}: need at least 1")
+        available = len(jax.devices())
+        if not 1 <= self.devices <= available:
+            hint = (
+                "; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N before starting"
+                if jax.default_backend() == "cpu"
+                else ""
+            )
+            raise ConfigError(f"devices={self.devices}: {available} available{hint}")
 
 
 @dataclasses.dataclass
@@ -205,7 +216,8 @@ class _Cohort:
         self.arch = Architecture.of(first)
         self.batch_size = first.batch_size
         self.model = NWSNet(self.arch, conv_impl=strategy.conv)
-        self.n_slots = min(len(member_ids), config.max_slots)
+        width = min(len(member_ids), config.max_slots)
+        self.n_slots = -(-width // config.devices) * config.devices  # whole slots per device
         used = {members[i].dataset for i in member_ids}
         self.max_steps = max(placements[d].train[1] // self.batch_size for d in used)
         chunk = config.eval_chunk
@@ -245,8 +257,11 @@ class _Cohort:
 
             return map_members(strategy, one, [states, knobs, ranges, active], [data])
 
+        if self.config.devices > 1:
+            init, train, evaluate = (_sharded(f, self.config.devices, shared) for f, shared in
+                                     ((init, ()), (train, (6,)), (evaluate, ())))
         start = time.perf_counter()
-        states = jax.jit(init, static_argnums=())(knobs, None, None)
+        states = jax.jit(lambda k: init(k, None, None) if self.config.devices == 1 else _fresh(init, k))(knobs)
         self._init = jax.jit(init, donate_argnums=(1,))
         self._train = jax.jit(train, donate_argnums=(0,))
         self._eval = jax.jit(evaluate)
@@ -323,17 +338,19 @@ class _Cohort:
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> None:
-        slots: list[_Slot | None] = [self._start(self.pending.pop(0)) for _ in range(self.n_slots)]
-        knobs = _stack([knobs_of(s.config) for s in slots])
+        slots: list[_Slot | None] = [
+            self._start(self.pending.pop(0)) if self.pending else None for _ in range(self.n_slots)
+        ]
+        first = slots[0].config
+        knobs = _stack([knobs_of(s.config if s else first) for s in slots])
         states = self._build(knobs)
         host = jax.device_get((states.params, states.batch_stats))
         self.flattener = _Flattener(jax.tree.map(lambda x: x[0], host))
         for i, slot in enumerate(slots):
-            self._export(slot, jax.tree.map(lambda x: x[i], host))
-        plans = np.stack([self._plan(s) for s in slots])
-        ranges = np.array(
-            [[*s.placement.val, *s.placement.test] for s in slots], np.int32
-        )
+            if slot is not None:
+                self._export(slot, jax.tree.map(lambda x: x[i], host))
+        plans = np.stack([self._plan(s) if s else np.zeros((self.max_steps, self.batch_size), np.int32) for s in slots])
+        ranges = np.array([[*s.placement.val, *s.placement.test] if s else [0] * 4 for s in slots], np.int32)
         while any(s is not None for s in slots):
             active = np.array([s is not None for s in slots])
             n_steps = min(s.steps_per_epoch - s.position for s in slots if s is not None)
@@ -421,6 +438,35 @@ class _Cohort:
             self._finish(slot, "finished", reason, tree)
             return True
         return False
+
+
+def _sharded(fn: Callable, devices: int, shared: tuple[int, ...]) -> Callable:
+    """``fn`` over a ``("pop",)`` mesh: member-axis arguments split across devices.
+
+    Every argument is split along its leading (member) axis except those at
+    positions ``shared`` (scalars), and the dataset, which ``fn`` closes over and
+    every device holds whole.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh(
+        (devices,), ("pop",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:devices]
+    )
+
+    def wrapped(*args):
+        specs = tuple(
+            P() if i in shared or a is None else jax.tree.map(lambda _: P("pop"), a)
+            for i, a in enumerate(args)
+        )
+        return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P("pop"), check_vma=False)(*args)
+
+    return wrapped
+
+
+def _fresh(init: Callable, knobs):
+    """Initial states from a sharded ``init`` (which needs array arguments throughout)."""
+    n = jax.tree.leaves(knobs)[0].shape[0]
+    return init(knobs, None, jnp.ones(n, bool))
 
 
 def _replace(knobs: step.Knobs, index: int, new: step.Knobs) -> step.Knobs:

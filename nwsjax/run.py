@@ -46,7 +46,7 @@ class RunConfig:
       max_images: cap every dataset split at this many images (None: full data).
       strategy: execution strategy name (``"auto"``, ``"map"``, ``"vmap+im2col"``, ...).
       max_slots: most members of one cohort on the device at once.
-      devices: accelerators to shard the population over (1 for now).
+      devices: devices to shard each cohort's members over.
       cache_dir: prepared-dataset cache (None: ``$NWSJAX_CACHE`` or ~/.cache/nwsjax).
       overwrite: replace an existing zoo in ``out``.
     """
@@ -94,11 +94,6 @@ def _check_out(config: RunConfig) -> Path:
 
 def prepare_run(config: RunConfig, *, progress: bool = False) -> PreparedRun:
     """Validates ``config`` and loads its datasets; raises NWSError on bad input."""
-    if config.devices != 1:
-        raise ConfigError(
-            f"--devices {config.devices}: only 1 device is supported yet "
-            "(sharding over devices is not implemented); use --devices 1"
-        )
     if config.members < 1:
         raise ConfigError(f"--members {config.members}: need at least 1 member")
     if config.max_images is not None and config.max_images < 1:
@@ -107,7 +102,11 @@ def prepare_run(config: RunConfig, *, progress: bool = False) -> PreparedRun:
     pins = parse_pins(config.pins)
     stopping = StoppingConfig(max_epochs=config.epochs, min_epochs=min(config.min_epochs, config.epochs))
     train = TrainConfig(
-        stopping=stopping, snapshots=config.snapshots, max_slots=config.max_slots, strategy=strategy
+        stopping=stopping,
+        snapshots=config.snapshots,
+        max_slots=config.max_slots,
+        strategy=strategy,
+        devices=config.devices,
     )
     _check_out(config)
     names = [pins["dataset"]] if "dataset" in pins else list(config.datasets)

@@ -1,16 +1,13 @@
 """Shared fixtures: a tiny real dataset and a helper that trains a population into a zoo."""
 
 import dataclasses
-import os
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-
-from nwsjax.data import load_dataset, subset  # noqa: E402
-from nwsjax.population import TrainConfig, train_population  # noqa: E402
-from nwsjax.stopping import StoppingConfig  # noqa: E402
-from nwsjax.zoo import ZooWriter, open_zoo  # noqa: E402
+from nwsjax.data import load_dataset, subset
+from nwsjax.population import TrainConfig, train_population
+from nwsjax.stopping import StoppingConfig
+from nwsjax.zoo import ZooWriter, open_zoo
 
 # The smallest architecture of the NWS family: real code paths, cheap compiles.
 TINY = dict(filter_size=3, depth_conv=3, depth_fc=2, width_conv=4, width_fc=64)
