@@ -28,7 +28,15 @@ def _virtual_cpu_devices(argv: list[str]) -> None:
 _virtual_cpu_devices(sys.argv[1:])
 
 from nwsjax.cli import ArgumentParser, enable_compilation_cache, main_wrapper  # noqa: E402
-from nwsjax.run import RunConfig, config_from_args, prepare_run, run_population, split_list, summary_table  # noqa: E402
+from nwsjax.run import (  # noqa: E402
+    RunConfig,
+    config_from_args,
+    disk_estimate,
+    prepare_run,
+    run_population,
+    split_list,
+    summary_table,
+)
 from nwsjax.space import PROPERTY_NAMES  # noqa: E402
 
 DEFAULTS = RunConfig()
@@ -93,9 +101,11 @@ def main(argv=None) -> int:
     config = config_from_args(**values)
     prepared = prepare_run(config, progress=not quiet)
     enable_compilation_cache()
+    disk = disk_estimate(prepared)
     print(
-        f"training {len(prepared.members)} members on {', '.join(prepared.datasets)} "
-        f"-> {config.out}",
+        f"training {len(prepared.members)} members on {', '.join(prepared.datasets)} -> {config.out}: "
+        f"{disk['per_member_snapshot'] / 1e6:.2f} MB per member snapshot, "
+        f"zoo about {disk['zoo'] / 1e6:.0f} MB (+ up to {disk['scratch'] / 1e6:.0f} MB scratch while training)",
         file=sys.stderr,
     )
     bar = None

@@ -26,7 +26,7 @@ from nwsjax.stopping import StoppingConfig
 from nwsjax.strategy import default_strategy, parse_strategy
 from nwsjax.zoo import FORMAT, ZooWriter
 
-__all__ = ["RunConfig", "PreparedRun", "prepare_run", "run_population", "summary_table"]
+__all__ = ["RunConfig", "PreparedRun", "prepare_run", "run_population", "summary_table", "disk_estimate", "check_disk"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +131,50 @@ def prepare_run(config: RunConfig, *, progress: bool = False) -> PreparedRun:
                 f"dataset {name} has {len(dataset.train_labels)} training images, fewer than "
                 f"batch size {smallest}; raise --max-images or pin a smaller --set batch_size"
             )
-    return PreparedRun(config, members, datasets, train)
+    prepared = PreparedRun(config, members, datasets, train)
+    check_disk(prepared)
+    return prepared
+
+
+def disk_estimate(prepared: PreparedRun) -> dict[str, float]:
+    """Bytes the zoo will take, and the scratch space exports need while members train.
+
+    Returns ``{"per_member_snapshot": mean bytes, "zoo": total bytes of snapshots,
+    "scratch": most bytes of in-flight exports}`` (float32 weights and batch-norm
+    statistics; tables and metadata are small beside them).
+    """
+    from nwsjax.model import Architecture, count_weights
+
+    sizes = []
+    for member in prepared.members:
+        arch = Architecture.of(member, prepared.datasets[member.dataset].num_classes)
+        bn = 2 * (sum(sum(block) for block in arch.conv_channels) + sum(arch.fc_widths)) if arch.batch_norm else 0
+        sizes.append(4 * (count_weights(arch)["total"] + bn))
+    k = prepared.train.snapshots
+    in_flight = min(len(sizes), prepared.train.max_slots * max(1, prepared.train.devices))
+    largest = sorted(sizes)[-in_flight:]
+    return {
+        "per_member_snapshot": float(np.mean(sizes)),
+        "zoo": float(sum(sizes) * k),
+        "scratch": float(sum(largest) * (prepared.train.stopping.max_epochs + 1)),
+    }
+
+
+def check_disk(prepared: PreparedRun) -> dict[str, float]:
+    """Raises ConfigError when the zoo would not fit the free space of its disk."""
+    estimate = disk_estimate(prepared)
+    out = Path(prepared.config.out).absolute()
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    free = shutil.disk_usage(existing).free
+    need = estimate["zoo"] + estimate["scratch"]
+    estimate["free"] = float(free)
+    if need > free:
+        raise ConfigError(
+            f"--out {out}: the zoo needs about {need / 1e9:.2f} GB ({estimate['zoo'] / 1e9:.2f} GB of snapshots "
+            f"+ {estimate['scratch'] / 1e9:.2f} GB scratch) but {free / 1e9:.2f} GB are free; free space, "
+            "choose another --out, or lower --members, --snapshots or --epochs"
+        )
+    return estimate
 
 
 def run_population(

@@ -30,6 +30,7 @@ __all__ = [
     "option_index",
     "parse_pins",
     "sample_members",
+    "unchecked",
 ]
 
 
@@ -266,3 +267,17 @@ def sample_members(
             values[name] = fixed.get(name, drawn)
         members.append(MemberConfig(**values, seed=seeds[i]))
     return members
+
+
+def unchecked(member: MemberConfig, **values: Any) -> MemberConfig:
+    """A copy of ``member`` with ``values`` set WITHOUT validation.
+
+    For stress tests, e.g. a learning rate far outside the NWS range that makes a
+    member diverge (``unchecked(member, lrate=1e4)``). Everything else validates.
+    """
+    copy = dataclasses.replace(member)
+    for name, value in values.items():
+        if name not in MemberConfig.__dataclass_fields__:
+            raise ConfigError(f"{name}: not a member field")
+        object.__setattr__(copy, name, value)
+    return copy
