@@ -84,7 +84,10 @@ def _check_out(config: RunConfig) -> Path:
         raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()):
         info = out / "zoo.json"
-        is_zoo = info.is_file() and json.loads(info.read_text() or "{}").get("format") == FORMAT
+        try:
+            is_zoo = info.is_file() and json.loads(info.read_text()).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            is_zoo = False
         if not is_zoo:
             raise ConfigError(f"--out {out}: folder is not empty and holds no zoo; choose another --out")
         if not config.overwrite:

@@ -263,8 +263,8 @@ class Zoo:
         with ocp.StandardCheckpointer() as checkpointer:
             return checkpointer.restore(directory)
 
-    def _gather(self, ids: Sequence[int], snapshot: int | None, collection: str):
-        """Stacked ``collection`` trees of ``ids``: leaves ``[len(ids), *shape]`` (or ``[len(ids), K, ...]``)."""
+    def _gather(self, ids: Sequence[int], snapshot: int, collection: str):
+        """Stacked ``collection`` trees of ``ids`` at ``snapshot``: leaves ``[len(ids), *shape]``."""
         import jax
 
         ids = self._ids(ids)
@@ -278,8 +278,7 @@ class Zoo:
         pieces = []
         for part, row in zip(rows.part, rows.row):
             tree = self._part(part)[collection]
-            index = (int(row),) if snapshot is None else (int(row), snapshot - 1)
-            pieces.append(jax.tree.map(lambda x: np.asarray(x[index]), tree))
+            pieces.append(jax.tree.map(lambda x: np.asarray(x[int(row), snapshot - 1]), tree))
         return jax.tree.map(lambda *xs: np.stack(xs), *pieces)
 
     def params(self, ids, snapshot: int | None = None):
@@ -287,11 +286,10 @@ class Zoo:
 
         Args:
           ids: member ids.
-          snapshot: 1..K (default K, the final weights); None for all K.
+          snapshot: 1..K (default K, the final weights).
 
         Returns:
-          a Flax params tree with leaves ``[len(ids), *shape]`` (``[len(ids), K, *shape]``
-          for ``snapshot=None``).
+          a Flax params tree with leaves ``[len(ids), *shape]``.
         """
         return self._gather(ids, self._default(snapshot), "params")
 
