@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -53,9 +54,11 @@ class TrainConfig:
       max_slots: most members of one cohort on the device at once.
       strategy: execution strategy; None chooses per backend.
       eval_chunk: images per evaluation chunk.
-      members_per_part: members per Orbax checkpoint of a cohort.
       devices: devices the cohort's slots are sharded over (a ``("pop",)`` mesh with
         ``shard_map``; each device runs the strategy over its local slots).
+      memory_budget: bytes a cohort program may hold (None: 80% of device memory, half
+        the RAM on CPU). A cohort whose measured footprint is larger trains fewer
+        members at once, refilling slots as members finish, instead of failing.
     """
 
     stopping: StoppingConfig = StoppingConfig()
@@ -63,8 +66,8 @@ class TrainConfig:
     max_slots: int = 256
     strategy: Strategy | None = None
     eval_chunk: int = 500
-    members_per_part: int = 64
     devices: int = 1
+    memory_budget: float | None = None
 
     def __post_init__(self):
         if self.snapshots < 1:
@@ -87,6 +90,8 @@ class PopulationReport:
 
     seconds: float
     compile_seconds: dict[str, float]
+    footprint_bytes: dict[str, int]  # per cohort: its program's measured memory at its width
+    slots: dict[str, int]  # per cohort: members trained at once
     member_steps: int  # steps taken by members (useful work)
     slot_steps: int  # steps computed over all slots, finished members included
     images: int  # training images processed by members
@@ -226,6 +231,7 @@ class _Cohort:
             max(math.ceil(placements[d].test[1] / chunk) for d in used),
         )
         self.compile_seconds = 0.0
+        self.footprint = 0
         self.member_steps = 0
         self.slot_steps = 0
         self.images = 0
@@ -278,7 +284,8 @@ class _Cohort:
         )
         self._train = self._train.lower(*example).compile()
         self._eval = self._eval.lower(states, knobs, np.zeros((n, 4), np.int32), np.ones(n, bool)).compile()
-        self.compile_seconds = time.perf_counter() - start
+        self.compile_seconds += time.perf_counter() - start
+        self.footprint = max(_footprint(self._train), _footprint(self._eval))
         return states
 
     # -- members entering and leaving slots -------------------------------------------
@@ -337,13 +344,27 @@ class _Cohort:
         slot.spill.unlink()
 
     # -- the loop ------------------------------------------------------------------
-    def run(self) -> None:
+    def _fill(self):
+        """Slots filled from the pending members, their knobs stacked, programs compiled."""
         slots: list[_Slot | None] = [
             self._start(self.pending.pop(0)) if self.pending else None for _ in range(self.n_slots)
         ]
         first = slots[0].config
         knobs = _stack([knobs_of(s.config if s else first) for s in slots])
-        states = self._build(knobs)
+        return slots, knobs, self._build(knobs)
+
+    def run(self) -> None:
+        slots, knobs, states = self._fill()
+        budget = self.config.memory_budget or default_memory_budget()
+        devices = self.config.devices
+        if self.footprint > budget and self.n_slots > devices:
+            # Fewer members at once: the per-member share of the measured footprint
+            # (an upper bound, as part of it is shared) decides how many fit.
+            per_member = self.footprint / self.n_slots
+            fit = max(devices, int(budget // per_member) // devices * devices)
+            self.pending[:0] = [s.member for s in slots if s is not None]
+            self.n_slots = fit
+            slots, knobs, states = self._fill()
         host = jax.device_get((states.params, states.batch_stats))
         self.flattener = _Flattener(jax.tree.map(lambda x: x[0], host))
         for i, slot in enumerate(slots):
@@ -440,6 +461,23 @@ class _Cohort:
         return False
 
 
+def _footprint(compiled) -> int:
+    """Bytes a compiled program holds at once: arguments, outputs and temporaries."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return 0
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+               - stats.alias_size_in_bytes)
+
+
+def default_memory_budget() -> float:
+    """80% of the first device's memory; on CPU half of the host's RAM."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return 0.8 * stats["bytes_limit"]
+    return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def _sharded(fn: Callable, devices: int, shared: tuple[int, ...]) -> Callable:
     """``fn`` over a ``("pop",)`` mesh: member-axis arguments split across devices.
 
@@ -504,7 +542,7 @@ def train_population(
     for i, member in enumerate(members):
         groups.setdefault(cohort_key(member), []).append(i)
     start = time.perf_counter()
-    report = PopulationReport(0.0, {}, 0, 0, 0, len(members), strategy.name)
+    report = PopulationReport(0.0, {}, {}, {}, 0, 0, 0, len(members), strategy.name)
     counters = {"members": len(members), "finished": 0, "cohorts": len(groups), "cohort": 0}
 
     def progress(cohort: _Cohort, slots) -> None:
@@ -526,6 +564,8 @@ def train_population(
         cohort.run()
         writer.flush_cohort(label)
         report.compile_seconds[label] = cohort.compile_seconds
+        report.footprint_bytes[label] = cohort.footprint
+        report.slots[label] = cohort.n_slots
         report.member_steps += cohort.member_steps
         report.slot_steps += cohort.slot_steps
         report.images += cohort.images
