@@ -40,13 +40,14 @@ __all__ = [
     "parse_snapshots",
     "split_networks",
     "balance",
+    "labels",
     "make_samples",
     "slice_bounds",
     "draw_starts",
     "even_starts",
     "take_slices",
     "SliceStream",
-    "stream_slices",
+    "UnitStream",
     "prefetch",
     "rng_for",
 ]
@@ -106,6 +107,12 @@ def resolve_targets(spec: str | Sequence[str], zoo: Zoo) -> tuple[list[Target], 
         raise ConfigError(f"unknown target {unknown[0]!r}; choose one or more of {', '.join(TARGETS)}, or all")
     targets, skipped = [], {}
     for name in dict.fromkeys(names):
+        if name == "test_acc" and ("snapshot_exports" not in zoo.members.columns or not len(zoo.curves)):
+            reason = "the zoo has no per-epoch curves (curves.parquet) or snapshot_exports"
+            if explicit:
+                raise ConfigError(f"target test_acc: {reason}; use a zoo written by the population trainer")
+            skipped[name] = reason
+            continue
         if name in REGRESSION:
             targets.append(Target(name, "regression"))
             continue
@@ -122,7 +129,7 @@ def resolve_targets(spec: str | Sequence[str], zoo: Zoo) -> tuple[list[Target], 
     return targets, skipped
 
 
-def _labels(zoo: Zoo, target: Target, members: np.ndarray, snapshots: np.ndarray) -> np.ndarray:
+def labels(zoo: Zoo, target: Target, members: np.ndarray, snapshots: np.ndarray) -> np.ndarray:
     """Labels of samples: int32 class indices, or float32 values (NaN where unknown)."""
     table = zoo.members
     if target.name == "test_acc":
@@ -141,8 +148,6 @@ def _snapshot_accuracy(zoo: Zoo, members: np.ndarray, snapshots: np.ndarray) -> 
     initialization (never evaluated), export ``e > 1`` the weights after epoch ``e - 1``.
     """
     table = zoo.members
-    if "snapshot_exports" not in table.columns or not len(zoo.curves):
-        raise ConfigError(f"{zoo.path}: no per-epoch curves or snapshot_exports; target test_acc needs a zoo written by the population trainer")
     curves = zoo.curves.set_index(["member", "epoch"])["test_acc"]
     out = np.full(len(members), np.nan, np.float32)
     exports = table["snapshot_exports"]
@@ -222,18 +227,18 @@ def split_networks(ids: Sequence[int], seed: int, test_fraction: float = 0.2, va
     return Split(np.sort(train), np.sort(val), np.sort(test))
 
 
-def balance(ids: np.ndarray, labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+def balance(ids: np.ndarray, classes: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
     """Subsamples networks so every class has as many as the rarest (the reference's class-balanced loading).
 
     Args:
-      ids: network ids ``[n]``; labels: their class indices ``[n]`` (-1 is dropped).
+      ids: network ids ``[n]``; classes: their class indices ``[n]`` (-1 is dropped).
 
     Returns:
       the kept ids, sorted; empty when a class has no network.
     """
-    counts = np.bincount(labels[labels >= 0], minlength=num_classes)
+    counts = np.bincount(classes[classes >= 0], minlength=num_classes)
     keep = int(counts.min()) if len(counts) else 0
-    chosen = [rng.permutation(ids[labels == c])[:keep] for c in range(num_classes)]
+    chosen = [rng.permutation(ids[classes == c])[:keep] for c in range(num_classes)]
     return np.sort(np.concatenate(chosen)) if chosen else ids[:0]
 
 
@@ -271,11 +276,11 @@ def make_samples(zoo: Zoo, target: Target, split: Split, snapshots: Sequence[int
     out = {}
     for side, ids in split.sides().items():
         if target.kind == "classification" and len(ids):
-            labels = _labels(zoo, target, ids, np.ones(len(ids), np.int64))
-            ids = balance(ids, labels, target.num_outputs, rng)
+            classes = labels(zoo, target, ids, np.ones(len(ids), np.int64))
+            ids = balance(ids, classes, target.num_outputs, rng)
         members = np.repeat(ids, len(snapshots))
         snaps = np.tile(np.asarray(snapshots, np.int64), len(ids))
-        y = _labels(zoo, target, members, snaps) if len(ids) else np.zeros(0, np.float32)
+        y = labels(zoo, target, members, snaps) if len(ids) else np.zeros(0, np.float32)
         keep = ~np.isnan(y) if target.kind == "regression" else np.ones(len(y), bool)
         out[side] = Samples(members[keep], snaps[keep], y[keep])
     for side in ("train", "test"):
@@ -391,8 +396,9 @@ class Batch:
     """A batch of samples.
 
     Attributes:
-      x: float32 ``[B, count, length]`` slices.
-      position: float32 ``[B, count]`` relative positions of the slices (0..1).
+      x: float32 ``[B, count, length]`` slices (or ``[B, units, features]`` unit tokens).
+      position: float32 ``[B, count]`` relative positions of the slices, 0..1 (or
+        ``[B, units]`` the tokens' layer numbers, -1 for padding).
       y: labels ``[B]``.
       index: int64 ``[B]``: which samples (indices into the stream's Samples); -1 pads.
     """
@@ -424,9 +430,13 @@ class SliceStream:
         if spec.length is None:
             self.lo = np.zeros_like(self.lo) if spec.part != "fc" else n_conv
             self.hi = self.lo.copy()
-        per_sample = spec.count * self.length * 4
-        self.window = max(self.batch_size, int(buffer_bytes) // per_sample)
+        self.shape, self.aux = (spec.count, self.length), (spec.count,)
+        self.window = max(self.batch_size, int(buffer_bytes) // (4 * int(np.prod(self.shape))))
         self.part_of = zoo.members.loc[samples.member, "part"].to_numpy()
+
+    def example(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Zero inputs ``(x, position)`` shaped like a batch of ``batch`` samples."""
+        return np.zeros((batch, *self.shape), np.float32), np.zeros((batch, *self.aux), np.float32)
 
     def train_epoch(self, rng: np.random.Generator) -> Iterator[Batch]:
         """Full batches over every sample once, in shuffled order, slices at fresh random starts.
@@ -434,25 +444,26 @@ class SliceStream:
         Samples are grouped in windows of whole parts (shuffled) so that each part is
         read once per epoch; inside a window the order is a full shuffle. The samples
         left over at the end (fewer than a batch) are dropped, different ones each epoch.
+        The random draws do not depend on what the vector cache holds.
         """
         order = self._part_order(rng)
-        carry = (order[:0], np.zeros((0, self.spec.count, self.length), np.float32), np.zeros((0, self.spec.count), np.float32))
+        carry = (order[:0], *self.example(0))
         for begin in range(0, len(order), self.window):
             window = rng.permutation(order[begin : begin + self.window])
-            starts = draw_starts(rng, self.lo[window], self.hi[window], self.spec.count)
-            x = self._cut(window, starts)
-            position = relative_position(starts, self.lo[window], self.hi[window])
+            take = self._inputs(window, draw_starts(rng, self.lo[window], self.hi[window], self.spec.count))
             head = min(self.batch_size - len(carry[0]), len(window)) if len(carry[0]) else 0
             if head:
-                carry = tuple(np.concatenate([c, a[:head]]) for c, a in zip(carry, (window, x, position)))
+                rows = slice(0, head)
+                carry = tuple(np.concatenate([c, a]) for c, a in zip(carry, (window[rows], *take(rows))))
                 if len(carry[0]) < self.batch_size:
                     continue
                 yield Batch(carry[1], carry[2], self.samples.y[carry[0]], carry[0])
             full = head + (len(window) - head) // self.batch_size * self.batch_size
             for b in range(head, full, self.batch_size):
                 rows = slice(b, b + self.batch_size)
-                yield Batch(x[rows], position[rows], self.samples.y[window[rows]], window[rows])
-            carry = (window[full:], x[full:].copy(), position[full:])
+                yield Batch(*take(rows), self.samples.y[window[rows]], window[rows])
+            rows = slice(full, None)
+            carry = (window[rows], *(np.array(a) for a in take(rows)))
 
     def eval_batches(self, starts: Callable[[np.ndarray], np.ndarray]) -> Iterator[Batch]:
         """Every sample once, in part order, padded to full batches (``index`` -1).
@@ -464,16 +475,29 @@ class SliceStream:
         order = self._part_order(None)
         for begin in range(0, len(order), self.window):
             window = order[begin : begin + self.window]
-            chosen = starts(window)
-            x = self._cut(window, chosen)
-            position = relative_position(chosen, self.lo[window], self.hi[window])
+            take = self._inputs(window, starts(window))
             for b in range(0, len(window), self.batch_size):
-                rows = window[b : b + self.batch_size]
-                pad = self.batch_size - len(rows)
-                index = np.concatenate([rows, np.full(pad, -1)])
-                take = np.concatenate([np.arange(b, b + len(rows)), np.full(pad, b)])
-                y = self.samples.y[np.maximum(index, 0)]
-                yield Batch(x[take], position[take], y, index)
+                rows = slice(b, b + self.batch_size)
+                pad = self.batch_size - len(window[rows])
+                index = np.concatenate([window[rows], np.full(pad, -1)])
+                x, p = take(rows)
+                if pad:
+                    x = np.concatenate([x, np.repeat(x[:1], pad, axis=0)])
+                    p = np.concatenate([p, np.repeat(p[:1], pad, axis=0)])
+                yield Batch(x, p, self.samples.y[np.maximum(index, 0)], index)
+
+    def _inputs(self, window: np.ndarray, starts: np.ndarray) -> Callable[[slice], tuple[np.ndarray, np.ndarray]]:
+        """``rows -> (x, position)`` of the samples ``window[rows]`` (slices at ``starts``).
+
+        When the vector cache holds every vector of the window, inputs are made batch by
+        batch (no shuffle buffer, no wait); otherwise the window is made at once, reading
+        the zoo part by part, into the shuffle buffer.
+        """
+        members, snapshots = self.samples.member[window], self.samples.snapshot[window]
+        if self.reader.holds(members, snapshots):
+            return lambda rows: self._make(window[rows], starts[rows])
+        x, position = self._make(window, starts)
+        return lambda rows: (x[rows], position[rows])
 
     def _part_order(self, rng: np.random.Generator | None) -> np.ndarray:
         """Sample indices grouped by part; parts (and samples inside) shuffled when ``rng`` is given."""
@@ -483,17 +507,45 @@ class SliceStream:
             groups = [rng.permutation(g) for g in (groups[i] for i in rng.permutation(len(groups)))]
         return np.concatenate(groups) if groups else np.zeros(0, np.int64)
 
-    def _cut(self, window: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """Slices of the samples in ``window``: float32 ``[len(window), count, length]``."""
-        out = np.empty((len(window), self.spec.count, self.length), np.float32)
+    def _make(self, window: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slices of the samples in ``window``, float32 ``[len(window), count, length]``, and their positions."""
+        out = np.empty((len(window), *self.shape), np.float32)
         for i, vector in self.reader.read(self.samples.member[window], self.samples.snapshot[window]):
             out[i] = take_slices(vector, starts[i], self.length)
-        return out
+        return out, relative_position(starts, self.lo[window], self.hi[window])
 
 
-def stream_slices(zoo: Zoo, reader: WeightReader, samples: Samples, spec: SliceSpec, **kwargs) -> SliceStream:
-    """Shorthand for :class:`SliceStream`."""
-    return SliceStream(zoo, reader, samples, spec, **kwargs)
+class UnitStream(SliceStream):
+    """Batches of per-unit tokens of whole networks (or one part), for the units model.
+
+    ``x`` is float32 ``[B, units, features]`` (:func:`nwsjax.meta.models.unit_tokens`),
+    ``position`` each token's layer number, -1 for padding (``units`` is the most of
+    any network of the samples).
+    """
+
+    def __init__(self, zoo: Zoo, reader: WeightReader, samples: Samples, part: str, *,
+                 batch_size: int, buffer_bytes: int = 256 << 20):
+        from nwsjax.meta.models import UNIT_FEATURES, unit_count
+
+        self.zoo, self.reader, self.samples = zoo, reader, samples
+        self.spec = SliceSpec(None, part, 1)
+        self.batch_size = int(batch_size)
+        archs = {zoo.architecture(int(m)) for m in np.unique(samples.member)}
+        self.length = max(unit_count(arch, part) for arch in archs)
+        self.shape, self.aux = (self.length, UNIT_FEATURES), (self.length,)
+        self.lo = self.hi = np.zeros(len(samples), np.int64)
+        self.window = max(self.batch_size, int(buffer_bytes) // (4 * int(np.prod(self.shape))))
+        self.part_of = zoo.members.loc[samples.member, "part"].to_numpy()
+
+    def _make(self, window: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from nwsjax.meta.models import unit_tokens
+
+        x, layer = np.zeros((len(window), *self.shape), np.float32), np.full((len(window), *self.aux), -1.0, np.float32)
+        members = self.samples.member[window]
+        for i, vector in self.reader.read(members, self.samples.snapshot[window]):
+            tokens, layers = unit_tokens(vector, self.zoo.architecture(int(members[i])), self.spec.part)
+            x[i, : len(tokens)], layer[i, : len(tokens)] = tokens, layers
+        return x, layer
 
 
 def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:

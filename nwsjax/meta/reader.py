@@ -67,6 +67,10 @@ class WeightReader:
         self._row = members["row"].to_numpy().astype(np.int64)
         self._position = {int(m): i for i, m in enumerate(members.index)}
 
+    def holds(self, members: Sequence[int], snapshots: Sequence[int]) -> bool:
+        """Whether the cache holds every requested vector (reading them touches no storage)."""
+        return all((int(m), int(s)) in self._cache for m, s in zip(members, snapshots))
+
     def read(self, members: Sequence[int], snapshots: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
         """Yields ``(i, vector)`` for every request ``i`` (member ``members[i]`` at snapshot ``snapshots[i]``).
 

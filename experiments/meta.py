@@ -1,0 +1,112 @@
+"""Meta-classifiers on a zoo: recover training properties from the weights.
+
+Examples::
+
+    python experiments/meta.py --zoo runs/fmnist --target optimizer
+    python experiments/meta.py --zoo runs/fmnist --target all --snapshots 11-20 --out runs/fmnist-meta
+    python experiments/meta.py --zoo runs/fmnist --target activation --model dmc --slice-length 5000 --part conv
+    python experiments/meta.py --zoo runs/fmnist --target dataset --analysis where,when,slice-length
+
+Prints a table per target and writes a report folder (results.json, summary.txt, PNG
+plots). Errors a user can cause print one line starting "error: " and exit with 2.
+See docs/meta.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nwsjax.errors import NWSError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every nwsjax error
+        print(f"error: {message}; see --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from nwsjax.meta.data import PARTS, TARGETS
+    from nwsjax.meta.run import ANALYSES, DEFAULT_MODELS
+    from nwsjax.meta.train import MODELS
+
+    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--zoo", required=True, help="zoo folder written by the population trainer")
+    p.add_argument("--target", required=True, help=f"comma-separated: {', '.join(TARGETS)}; or all")
+    p.add_argument("--model", default=",".join(DEFAULT_MODELS), help=f"comma-separated: {', '.join(MODELS)}; or all (default %(default)s)")
+    p.add_argument("--snapshots", default=None, help="snapshots to train and test on, e.g. 11-20 (default: the second half)")
+    p.add_argument("--slice-length", type=int, default=5000, help="weights per slice (default %(default)s)")
+    p.add_argument("--part", default="whole", choices=PARTS, help="slice from the whole vector, the conv or the FC part")
+    p.add_argument("--analysis", default="", help=f"comma-separated: {', '.join(ANALYSES)}; all or none (default none)")
+    p.add_argument("--slice-lengths", default=None, help="lengths of the slice-length analysis, e.g. 1000,2500,5000")
+    p.add_argument("--ensemble", type=int, default=64, help="evenly spaced test slices per network (default %(default)s)")
+    p.add_argument("--positions", type=int, default=100, help="slice positions of the where analysis (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=50, help="training epochs of the Flax models (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)")
+    p.add_argument("--dmc-width", type=float, default=1.0, help="DMC/global width multiplier, 1 = reference (default %(default)s)")
+    p.add_argument("--set-slices", type=int, default=8, help="slices per network for the set model (default %(default)s)")
+    p.add_argument("--stats-iterations", type=int, default=200, help="boosting iterations of stats (default %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="networks held out for test (default %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="of the rest, networks for validation (default %(default)s)")
+    p.add_argument("--min-test-acc", type=float, default=0.0, help="leave out networks below this final test accuracy")
+    p.add_argument("--seed", type=int, default=0, help="run seed (default %(default)s)")
+    p.add_argument("--cache-mb", type=int, default=1024, help="vector cache budget in MiB (default %(default)s)")
+    p.add_argument("--buffer-mb", type=int, default=256, help="shuffle buffer budget in MiB (default %(default)s)")
+    p.add_argument("--out", default=None, help="report folder (default runs/meta/<zoo name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def _lengths(text: str | None) -> tuple[int, ...] | None:
+    from nwsjax.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        lengths = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--slice-lengths {text}: expected numbers like 1000,2500,5000") from None
+    if min(lengths) < 1:
+        raise ConfigError(f"--slice-lengths {text}: lengths must be positive")
+    return lengths
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        from nwsjax.meta.run import MetaConfig, run_meta
+        from nwsjax.meta.train import ModelOptions, TrainSettings
+
+        config = MetaConfig(
+            zoo=args.zoo,
+            target=args.target,
+            model=args.model,
+            snapshots=args.snapshots,
+            slice_length=args.slice_length,
+            part=args.part,
+            analysis=args.analysis,
+            slice_lengths=_lengths(args.slice_lengths),
+            ensemble=args.ensemble,
+            positions=args.positions,
+            seed=args.seed,
+            test_fraction=args.test_fraction,
+            val_fraction=args.val_fraction,
+            min_test_acc=args.min_test_acc,
+            train=TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lrate=args.lr,
+                                buffer_bytes=args.buffer_mb << 20, progress=not args.quiet),
+            options=ModelOptions(dmc_width=args.dmc_width, set_slices=args.set_slices,
+                                 stats_iterations=args.stats_iterations),
+            cache_bytes=args.cache_mb << 20,
+            out=args.out,
+        )
+        run_meta(config)
+    except NWSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

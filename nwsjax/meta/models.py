@@ -1,0 +1,355 @@
+"""Meta-models: Flax networks over slices of weights, and per-layer weight statistics.
+
+Every Flax meta-model is called as ``model.apply(variables, x, position, train=...)``:
+
+* ``x``: float32 ``[batch, slices, length]``, consecutive weights;
+* ``position``: float32 ``[batch, slices]``, where each slice starts, 0..1 within
+  the range its starts are drawn from;
+* returns ``[batch, outputs]``: class logits, or one value for regression.
+
+Models:
+
+* :class:`DMC`: the reference's local deep meta-classifier, a 1D CNN over one slice
+  (``slices == 1``). Its deeper variant (used for slices longer than 40,000 weights)
+  also serves as the *global* model over a whole vector.
+* :class:`SliceSet`: ours. Several slices of a network, each encoded by a light
+  patch CNN with global pooling, pooled over the set (mean and attention).
+* :func:`weight_statistics`: per-layer statistics of a whole vector for
+  gradient-boosted trees (the ``stats`` baseline, see :mod:`nwsjax.meta.train`).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nwsjax.model import Architecture, layout
+
+__all__ = [
+    "DMC",
+    "SliceSet",
+    "UnitSet",
+    "DEEP_LENGTH",
+    "STATISTICS",
+    "UNIT_FEATURES",
+    "magnitude",
+    "statistic_names",
+    "unit_count",
+    "unit_tokens",
+    "weight_statistics",
+]
+
+DEEP_LENGTH = 40_000  # the reference uses its deeper DMC for slices longer than this
+_BN_MOMENTUM = 0.9  # TensorLayer BatchNormLayer defaults, as in the reference
+_BN_EPSILON = 1e-5
+_glorot = nn.initializers.glorot_normal()
+
+
+def _norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name)
+
+
+def _pool(x: jnp.ndarray) -> jnp.ndarray:
+    """2x max pooling along the length, 'valid' (an odd last weight is dropped)."""
+    return nn.max_pool(x, (2,), strides=(2,), padding="VALID")
+
+
+def dmc_plan(length: int, deep: bool) -> list[tuple[int, bool]]:
+    """The DMC's conv layers as ``(channels, pool_after)``, for a slice of ``length`` weights.
+
+    Small variant (slices up to 40,000): 8 p, 16 p, 32, 64 p, 128, 256, then six 256
+    layers, each preceded by a pooling while the length exceeds 50, then a final pooling.
+    Deep variant: 8, 16, 32, 64, 128 and four 128 layers each followed by pooling, then
+    pairs (128, 256), (256, 256), (256, 256), each pair followed by pooling.
+    """
+    if deep:
+        singles = [(c, True) for c in (8, 16, 32, 64, 128, 128, 128, 128, 128)]
+        pairs = [(128, False), (256, True), (256, False), (256, True), (256, False), (256, True)]
+        return singles + pairs
+    plan = [(8, True), (16, True), (32, False), (64, True), (128, False), (256, False)]
+    size = length // 8
+    for _ in range(6):
+        if size > 50:
+            plan[-1] = (plan[-1][0], True)
+            size //= 2
+        plan.append((256, False))
+    plan[-1] = (256, True)
+    return plan
+
+
+class DMC(nn.Module):
+    """The reference's local deep meta-classifier (Eilertsen et al. 2020), on one slice.
+
+    Conv layers: kernel 5, 'same', + bias, ReLU, batch norm (the reference's order);
+    2x max pooling per :func:`dmc_plan`. Then four dense layers of 1024 and one of 64
+    (dense + bias, ReLU, batch norm, dropout 0.5), then the output layer. Glorot-normal
+    weights, zero biases.
+
+    Attributes:
+      outputs: classes (or 1 for regression).
+      deep: the deeper variant; None chooses it for slices longer than 40,000.
+      width: multiplies every channel count and dense width (1.0 is the reference;
+        smaller values make tests fast).
+      dropout: dropout rate of the dense layers.
+    """
+
+    outputs: int
+    deep: bool | None = None
+    width: float = 1.0
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, x, position=None, *, train: bool = False):
+        del position  # the DMC sees the weights only
+        batch, slices, length = x.shape
+        h = x.reshape(batch * slices, length, 1)
+        deep = length > DEEP_LENGTH if self.deep is None else self.deep
+        scale = lambda n: max(1, int(round(n * self.width)))  # noqa: E731
+        for channels, pool in dmc_plan(length, deep):
+            h = nn.Conv(scale(channels), (5,), padding="SAME", kernel_init=_glorot)(h)
+            h = _norm(train)(nn.relu(h))
+            if pool and h.shape[1] >= 2:
+                h = _pool(h)
+        h = h.reshape(h.shape[0], -1)
+        for features in (1024, 1024, 1024, 1024, 64):
+            h = nn.Dense(scale(features), kernel_init=_glorot)(h)
+            h = _norm(train)(nn.relu(h))
+            h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        out = nn.Dense(self.outputs, kernel_init=_glorot)(h)
+        return out.reshape(batch, slices, -1).mean(axis=1)
+
+
+class SliceSet(nn.Module):
+    """A set of slices of one network, encoded one by one and pooled over the set.
+
+    Slice encoder: every weight enters twice, as is and on a signed log scale that
+    separates magnitudes from 1e-4 to 1 (:func:`magnitude`). The slice is cut into
+    patches of ``patch`` consecutive weights (tokens); a dense layer embeds each patch,
+    ``depth`` residual conv layers (kernel 3) mix neighbouring tokens, and mean, max
+    and standard deviation over the tokens summarize the slice. Next to it, with
+    ``bins``, cumulative histograms of the slice's log-scale values and of the log-scale
+    steps between neighbours, and its fraction of exact zeros: the slice's distribution, the
+    kind of statistics that trees do well with, at no cost in parameters. With
+    ``use_position`` the slice's relative position is added as Fourier features. Set
+    pooling: the mean of the slice embeddings next to an attention-weighted mean (a
+    few telling slices can dominate); a two-layer head gives the outputs. Any number of
+    slices works at test time, so one model reads one slice or 64.
+
+    Attributes:
+      outputs: classes (or 1 for regression).
+      patch: weights per token.
+      width: token and embedding width.
+      depth: residual conv layers over tokens.
+      bins: bins of the distribution summary (0: none).
+      head: width of the hidden layer of the head.
+      dropout: dropout rate before the output layer.
+      use_position: feed the slices' relative positions.
+    """
+
+    outputs: int
+    patch: int = 16
+    width: int = 64
+    depth: int = 2
+    bins: int = 16
+    head: int = 256
+    dropout: float = 0.3
+    use_position: bool = True
+
+    @nn.compact
+    def __call__(self, x, position=None, *, train: bool = False):
+        batch, slices, length = x.shape
+        flat = x.reshape(batch * slices, length)
+        scaled = magnitude(flat)
+        tokens = length // self.patch
+        h = jnp.stack([flat, scaled], -1)[:, : tokens * self.patch].reshape(batch * slices, tokens, 2 * self.patch)
+        h = nn.Dense(self.width, kernel_init=_glorot)(h)
+        h = nn.relu(_norm(train)(h))
+        for _ in range(self.depth):
+            r = nn.Conv(self.width, (3,), padding="SAME", kernel_init=_glorot)(h)
+            h = h + nn.relu(_norm(train)(r))
+        mean = h.mean(axis=1)
+        summary = jnp.concatenate([mean, h.max(axis=1), jnp.sqrt(((h - mean[:, None]) ** 2).mean(axis=1) + 1e-6)], -1)
+        e = nn.Dense(self.width, kernel_init=_glorot)(summary)
+        if self.bins:
+            steps = magnitude(jnp.abs(jnp.diff(flat, axis=-1)))
+            density = [_histogram(scaled, -1.25, 1.25, self.bins), _histogram(steps, 0.0, 1.25, self.bins),
+                       (flat == 0).mean(-1, keepdims=True)]
+            e = e + nn.Dense(self.width, kernel_init=_glorot)(jnp.concatenate(density, -1))
+        if self.use_position and position is not None:
+            e = e + nn.Dense(self.width, kernel_init=_glorot)(_fourier(position.reshape(-1)))
+        e = nn.relu(_norm(train)(e)).reshape(batch, slices, self.width)
+        score = nn.Dense(1, kernel_init=_glorot)(nn.tanh(nn.Dense(self.width, kernel_init=_glorot)(e)))
+        attention = nn.softmax(score, axis=1)
+        pooled = jnp.concatenate([e.mean(axis=1), (attention * e).sum(axis=1)], -1)
+        h = nn.relu(_norm(train)(nn.Dense(self.head, kernel_init=_glorot)(pooled)))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        return nn.Dense(self.outputs, kernel_init=_glorot)(h)
+
+
+def _histogram(values: jnp.ndarray, low: float, high: float, bins: int) -> jnp.ndarray:
+    """Cumulative histogram: the fraction of each row of ``[n, length]`` values at or above
+    each of ``bins`` edges spread over ``[low, high]`` -> ``[n, bins]``."""
+    edges = jnp.linspace(low, high, bins)
+    return (values[..., None] >= edges).astype(values.dtype).mean(axis=1)
+
+
+def magnitude(x):
+    """Signed log scale: 0 -> 0, 1e-4 -> 0.08, 1e-2 -> 0.5, 1 -> 1, 10 -> 1.25 (numpy or jax arrays)."""
+    xp = np if isinstance(x, np.ndarray) else jnp
+    return xp.sign(x) * xp.log1p(xp.abs(x) * 1e4) / np.log1p(1e4)
+
+
+def _fourier(position: jnp.ndarray, frequencies: int = 4) -> jnp.ndarray:
+    """``[n]`` positions in 0..1 -> ``[n, 1 + 2 * frequencies]`` features."""
+    angles = jnp.pi * position[:, None] * (2.0 ** jnp.arange(frequencies))
+    return jnp.concatenate([position[:, None], jnp.sin(angles), jnp.cos(angles)], -1)
+
+
+# --------------------------------------------------------------------------- #
+# Per-unit tokens (the units model)
+# --------------------------------------------------------------------------- #
+
+UNIT_VALUES = ("mean", "std", "min", "q10", "q50", "q90", "max", "mean_abs", "bias", "bn_scale", "bn_offset")
+UNIT_FEATURES = 2 * len(UNIT_VALUES) + 3
+
+
+def _layers(arch: Architecture, part: str) -> list[str]:
+    return [l for l in dict.fromkeys(s.layer for s in layout(arch) if part in ("whole", s.part))]
+
+
+def unit_count(arch: Architecture, part: str = "whole") -> int:
+    """Units (output channels and neurons) of the layers of ``part``."""
+    shapes = {s.path: s.shape for s in layout(arch)}
+    return sum(shapes[(layer, "kernel")][-1] for layer in _layers(arch, part))
+
+
+def unit_tokens(vector: np.ndarray, arch: Architecture, part: str = "whole") -> tuple[np.ndarray, np.ndarray]:
+    """One token per unit of a flat NWS vector: what the unit computes, summarized.
+
+    A unit's incoming weights are contiguous in NWS order, so they are one row of its
+    layer's kernel. A token holds, of the incoming weights, mean, standard deviation,
+    min, quantiles 10/50/90% (nearest rank), max and mean absolute value, then the unit's bias and
+    batch-norm scale and offset (1 and 0 without batch norm); all of these as is and on
+    the signed log scale of :func:`magnitude`; then the layer's relative depth (0 first,
+    1 last of the part) and whether it is a conv layer and the output layer.
+
+    Returns:
+      ``(tokens float32 [units, UNIT_FEATURES], layer int32 [units])``.
+    """
+    segments = {s.path: s for s in layout(arch)}
+
+    def values(path, rows):
+        segment = segments.get(path)
+        if segment is None:
+            return None
+        return vector[segment.offset : segment.offset + segment.size].reshape(rows, -1)
+
+    layers = _layers(arch, part)
+    tokens, numbers = [], []
+    for number, layer in enumerate(layers):
+        units = segments[(layer, "kernel")].shape[-1]
+        w = values((layer, "kernel"), units)
+        bias = values((layer, "bias"), units)[:, 0]
+        scale = values((f"{layer}_bn", "scale"), units)
+        offset = values((f"{layer}_bn", "bias"), units)
+        ordered = np.sort(w, axis=1)
+        ranks = np.round(np.array([0.1, 0.5, 0.9]) * (w.shape[1] - 1)).astype(int)
+        columns = np.stack([
+            w.mean(1), w.std(1), ordered[:, 0], *ordered[:, ranks].T, ordered[:, -1], np.abs(w).mean(1), bias,
+            np.ones(units) if scale is None else scale[:, 0], np.zeros(units) if offset is None else offset[:, 0],
+        ], 1)
+        depth = number / max(len(layers) - 1, 1)
+        kind = np.tile([depth, layer.startswith("conv"), layer == "out"], (units, 1))
+        tokens.append(np.concatenate([columns, np.asarray(magnitude(columns)), kind], 1))
+        numbers.append(np.full(units, number, np.int32))
+    return np.concatenate(tokens).astype(np.float32), np.concatenate(numbers)
+
+
+class UnitSet(nn.Module):
+    """Ours: a whole network as a set of per-unit tokens (:func:`unit_tokens`), pooled layer by layer.
+
+    A two-layer MLP embeds every token (layer-normalized); each layer's tokens are pooled by their mean
+    and standard deviation (invariant to the order of units, which training does not
+    fix); a layer embedding adds Fourier features of the layer's depth; the layers are
+    pooled by their mean and an attention-weighted mean; a two-layer head predicts.
+    Padding tokens (layer -1) are ignored.
+
+    Attributes:
+      outputs: classes (or 1 for regression).
+      width: token and layer embedding width.
+      layers: the most layers a network has (5 conv + 4 FC + output).
+      head: width of the hidden layer of the head.
+      dropout: dropout rate before the output layer.
+    """
+
+    outputs: int
+    width: int = 128
+    layers: int = 10
+    head: int = 256
+    dropout: float = 0.3
+
+    @nn.compact
+    def __call__(self, x, position, *, train: bool = False):
+        member = jax.nn.one_hot(position.astype(jnp.int32), self.layers, dtype=x.dtype)  # [B, U, layers]; pads 0
+        h = nn.relu(nn.Dense(self.width, kernel_init=_glorot)(nn.LayerNorm()(x)))
+        h = nn.relu(nn.Dense(self.width, kernel_init=_glorot)(h))
+        count = member.sum(1)[..., None]  # [B, layers, 1]
+        mean = jnp.einsum("bul,bud->bld", member, h) / jnp.maximum(count, 1)
+        square = jnp.einsum("bul,bud->bld", member, h**2) / jnp.maximum(count, 1)
+        std = jnp.sqrt(jnp.maximum(square - mean**2, 0) + 1e-6)
+        depth = (jnp.einsum("bul,bu->bl", member, x[..., -3]) / jnp.maximum(count[..., 0], 1))
+        e = nn.Dense(self.width, kernel_init=_glorot)(jnp.concatenate([mean, std], -1))
+        e = nn.relu(nn.LayerNorm()(e + nn.Dense(self.width, kernel_init=_glorot)(_fourier(depth.reshape(-1)).reshape(*depth.shape, -1))))
+        present = count[..., 0] > 0  # [B, layers]
+        score = nn.Dense(1, kernel_init=_glorot)(nn.tanh(nn.Dense(self.width, kernel_init=_glorot)(e)))[..., 0]
+        attention = nn.softmax(jnp.where(present, score, -1e9), axis=1)
+        average = (e * present[..., None]).sum(1) / jnp.maximum(present.sum(1, keepdims=True), 1)
+        pooled = jnp.concatenate([average, (attention[..., None] * e).sum(1)], -1)
+        h = nn.relu(nn.LayerNorm()(nn.Dense(self.head, kernel_init=_glorot)(pooled)))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        return nn.Dense(self.outputs, kernel_init=_glorot)(h)
+
+
+# --------------------------------------------------------------------------- #
+# Per-layer statistics (the stats baseline)
+# --------------------------------------------------------------------------- #
+
+STATISTICS = ("mean", "std", "min", "q10", "q25", "q50", "q75", "q90", "max", "mean_abs", "l2")
+_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def _describe(values: np.ndarray) -> list[float]:
+    values = values.astype(np.float64)
+    quantiles = np.quantile(values, _QUANTILES)
+    return [values.mean(), values.std(), values.min(), *quantiles, values.max(),
+            np.abs(values).mean(), np.sqrt((values**2).sum())]
+
+
+def statistic_names(arch: Architecture, part: str = "whole") -> list[str]:
+    """Feature names of :func:`weight_statistics`, e.g. ``"conv0/kernel:std"``."""
+    groups = [s.path for s in layout(arch) if part in ("whole", s.part)]
+    groups = ["/".join(p) for p in groups] + [p for p in ("conv", "fc") if part in ("whole", p)]
+    return [f"{g}:{s}" for g in groups for s in STATISTICS]
+
+
+def weight_statistics(vector: np.ndarray, arch: Architecture, part: str = "whole") -> np.ndarray:
+    """Statistics of every parameter array of a flat vector, and of its conv and FC parts.
+
+    Per array (and part): mean, standard deviation, min, quantiles 10/25/50/75/90%,
+    max, mean absolute value and L2 norm. Returns float32 ``[features]`` named by
+    :func:`statistic_names`; networks of other architectures have other names, which
+    the baseline aligns (missing ones are NaN).
+    """
+    features: list[float] = []
+    conv_end = 0
+    for segment in layout(arch):
+        if segment.part == "conv":
+            conv_end = segment.offset + segment.size
+        if part in ("whole", segment.part):
+            features += _describe(vector[segment.offset : segment.offset + segment.size])
+    for name, values in (("conv", vector[:conv_end]), ("fc", vector[conv_end:])):
+        if part in ("whole", name):
+            features += _describe(values)
+    return np.asarray(features, np.float32)

@@ -1,0 +1,176 @@
+"""Tables and plots of a meta run (matplotlib, Agg backend; PNG files)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["format_target", "format_summary", "plot_confusion", "plot_slice_length", "plot_where", "plot_when", "write_json"]
+
+
+def _pct(value, ci=None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{100 * value:5.1f}%"
+    return text + (f" ± {100 * ci:4.1f}" if ci is not None and not math.isnan(ci) else "")
+
+
+def _num(value, ci=None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{value:.4g}"
+    return text + (f" ± {ci:.2g}" if ci is not None and not math.isnan(ci) else "")
+
+
+def format_target(name: str, entry: dict, ensemble: int) -> str:
+    """The table of one target: networks, chance, each model's test numbers."""
+    sides = entry["samples"]
+    head = ", ".join(f"{side} {v['networks']} networks / {v['samples']} samples" for side, v in sides.items())
+    lines = []
+    if entry["kind"] == "classification":
+        lines.append(f"== {name}: {len(entry['classes'])} classes, chance {_pct(entry['chance'])} ==")
+        lines.append(head)
+        lines.append(f"{'model':8s} {'1 slice':>16s} {f'{ensemble} slices':>16s} {'val':>7s} {'seconds':>8s}")
+        for model, r in entry["models"].items():
+            single, ens = r["single"], r.get("ensemble")
+            lines.append(
+                f"{model:8s} {_pct(single['accuracy'], single['ci95']):>16s} "
+                f"{_pct(ens['accuracy'], ens['ci95']) if ens else '-':>16s} "
+                f"{_pct(r.get('val')):>7s} {r['seconds']:8.1f}"
+            )
+    else:
+        lines.append(f"== {name}: regression, chance MAE {_num(entry['chance'])} (the training median) ==")
+        lines.append(head)
+        lines.append(f"{'model':8s} {'MAE 1 slice':>18s} {f'MAE {ensemble} slices':>18s} {'Spearman':>9s} {'seconds':>8s}")
+        for model, r in entry["models"].items():
+            single, ens = r["single"], r.get("ensemble")
+            best = ens or single
+            lines.append(
+                f"{model:8s} {_num(single['mae'], single['ci95']):>18s} "
+                f"{_num(ens['mae'], ens['ci95']) if ens else '-':>18s} {best['spearman']:9.3f} {r['seconds']:8.1f}"
+            )
+    return "\n".join(lines)
+
+
+def format_summary(summary: dict) -> str:
+    """Accuracy per categorical target and model side by side, and the mean over targets."""
+    rows, models = summary["targets"], summary["models"]
+    if not rows:
+        return ""
+    lines = [f"accuracy on test networks (slice models: {summary['ensemble']} evenly spaced slices)",
+             f"{'target':16s} {'chance':>7s} " + " ".join(f"{m:>7s}" for m in models)]
+    for name, row in rows.items():
+        lines.append(f"{name:16s} {_pct(row['chance']):>7s} " + " ".join(f"{_pct(row.get(m)):>7s}" for m in models))
+    lines.append(f"{'mean':16s} {_pct(summary['mean']['chance']):>7s} "
+                 + " ".join(f"{_pct(summary['mean'].get(m)):>7s}" for m in models))
+    return "\n".join(lines)
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(path: Path, confusion: list, classes: list, title: str) -> None:
+    plt = _figure()
+    matrix = np.asarray(confusion, np.float64)
+    rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    size = 2.5 + 0.6 * len(classes)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center",
+                    color="white" if rows[i, j] > 0.5 else "black", fontsize=8)
+    labels = [str(c) for c in classes]
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _ylabel(kind: str) -> str:
+    return "test accuracy" if kind == "classification" else "test MAE"
+
+
+def plot_slice_length(path: Path, rows: list[dict], kind: str, chance: float, title: str) -> None:
+    """Rows ``{"model", "length", "single", "ensemble"}`` -> metric versus slice length (log x)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        lengths = [r["length"] for r in mine]
+        ax.plot(lengths, [r["single"] for r in mine], "o--", label=f"{model}, 1 slice")
+        ax.plot(lengths, [r["ensemble"] for r in mine], "o-", label=f"{model}, ensemble")
+    ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
+    ax.set_xscale("log")
+    ax.set_xlabel("slice length (weights)")
+    ax.set_ylabel(_ylabel(kind))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_where(path: Path, where: dict, kind: str, chance: float, title: str) -> None:
+    """Metric (and true-class probability) versus slice position, layer boundaries marked."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    x = np.asarray(where["position"])
+    ax.plot(x, where["metric"], "-", label=_ylabel(kind))
+    if "prob_true" in where:
+        ax.plot(x, where["prob_true"], "-", alpha=0.7, label="probability of the true class")
+    ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
+    for boundary in where["boundaries"]:
+        if 0 <= boundary["position"] <= 1:
+            ax.axvline(boundary["position"], color="k", lw=0.6, alpha=0.4)
+            ax.text(boundary["position"], 1.0, boundary["layer"], rotation=90, fontsize=6, va="top",
+                    transform=ax.get_xaxis_transform())
+    ax.set_xlabel(f"slice start, relative to its range (layers of {where['architecture']})")
+    ax.set_ylabel(_ylabel(kind))
+    ax.set_xlim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_when(path: Path, rows: list[dict], kind: str, chance: float, title: str) -> None:
+    """Rows ``{"model", "snapshot", "value"}`` -> metric versus snapshot index."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        ax.plot([r["snapshot"] for r in mine], [r["value"] for r in mine], "o-", label=model)
+    ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
+    ax.set_xlabel("snapshot (1 = initialization)")
+    ax.set_ylabel(_ylabel(kind))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_json(path: Path, obj) -> None:
+    def default(value):
+        if isinstance(value, (np.integer, np.floating)):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        return str(value)
+
+    path.write_text(json.dumps(obj, indent=1, default=default))

@@ -1,0 +1,466 @@
+"""A meta run: every chosen target and model on one zoo, the analyses, and the report folder.
+
+:func:`run_meta` is what ``experiments/meta.py`` calls. It checks every option against
+the zoo before training anything, then per target: class-balanced samples of a split by
+network, each model trained and tested, the analyses, a printed table; finally a summary
+table and the report folder (``results.json``, PNG plots).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from nwsjax.errors import ConfigError
+from nwsjax.meta import report
+from nwsjax.meta.data import (
+    PARTS,
+    Samples,
+    SliceSpec,
+    SliceStream,
+    Split,
+    Target,
+    check_length,
+    make_samples,
+    parse_snapshots,
+    part_lengths,
+    resolve_targets,
+    rng_for,
+    split_networks,
+    table,
+)
+from nwsjax.meta.reader import DEFAULT_CACHE_BYTES, WeightReader
+from nwsjax.meta.train import (
+    MODELS,
+    SLICE_MODELS,
+    ModelOptions,
+    TrainSettings,
+    build_model,
+    eval_stream,
+    evenly,
+    fit,
+    fit_stats,
+    make_stream,
+    metrics,
+    predict,
+    random_starts,
+    slice_spec,
+    stats_features,
+    stats_outputs,
+)
+from nwsjax.model import layout
+from nwsjax.zoo import Zoo, open_zoo, software_versions
+
+__all__ = ["ANALYSES", "DEFAULT_MODELS", "MetaConfig", "run_meta", "parse_models", "parse_analyses"]
+
+ANALYSES = ("where", "when", "slice-length", "confusion")
+DEFAULT_MODELS = ("dmc", "set", "units", "stats")
+DEFAULT_SLICE_LENGTHS = (500, 1000, 2500, 5000, 10000, 20000, 40000)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """Everything a meta run does; saved with its results.
+
+    Attributes:
+      zoo: the zoo folder.
+      target: comma-separated targets (property names, ``test_acc``) or ``"all"``.
+      model: comma-separated models (:data:`nwsjax.meta.train.MODELS`) or ``"all"``.
+      snapshots: snapshot range (``"11-20"``); None: the second half of the zoo's.
+      slice_length: weights per slice of the slice models.
+      part: ``"whole"``, ``"conv"`` or ``"fc"``.
+      analysis: comma-separated analyses (:data:`ANALYSES`), ``"all"`` or ``""``.
+      slice_lengths: lengths of the slice-length analysis; None: 500..40000 up to the shortest vector.
+      ensemble: evenly spaced slices per test network of the test-time ensemble.
+      positions: evenly spaced slice positions of the where analysis.
+      seed: the run seed; every other seed derives from it.
+      test_fraction, val_fraction: fractions of networks in test, and of the rest in validation.
+      min_test_acc: leave out networks whose final test accuracy is lower (non-converged).
+      train: training settings of the Flax models.
+      options: model sizes.
+      cache_bytes: budget of the reader's vector cache.
+      out: the report folder; None: ``runs/meta/<zoo folder name>``.
+    """
+
+    zoo: str
+    target: str = "all"
+    model: str = ",".join(DEFAULT_MODELS)
+    snapshots: str | None = None
+    slice_length: int = 5000
+    part: str = "whole"
+    analysis: str = ""
+    slice_lengths: tuple[int, ...] | None = None
+    ensemble: int = 64
+    positions: int = 100
+    seed: int = 0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    min_test_acc: float = 0.0
+    train: TrainSettings = TrainSettings()
+    options: ModelOptions = ModelOptions()
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    out: str | None = None
+
+
+def parse_models(spec: str) -> list[str]:
+    names = [s for s in _names(spec) if s]
+    if "all" in names:
+        return list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        raise ConfigError(f"unknown model {unknown[0] if unknown else spec!r}; choose one or more of {', '.join(MODELS)}, or all")
+    return list(dict.fromkeys(names))
+
+
+def parse_analyses(spec: str) -> list[str]:
+    names = [s for s in _names(spec) if s and s != "none"]
+    if "all" in names:
+        return list(ANALYSES)
+    unknown = [n for n in names if n not in ANALYSES]
+    if unknown:
+        raise ConfigError(f"unknown analysis {unknown[0]!r}; choose one or more of {', '.join(ANALYSES)}, all or none")
+    return list(dict.fromkeys(names))
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a run shares between targets and models."""
+
+    config: MetaConfig
+    zoo: Zoo
+    reader: WeightReader
+    split: Split
+    snapshots: tuple[int, ...]
+    models: list[str]
+    analyses: list[str]
+    out: Path
+    log: Callable[[str], None]
+    targets: list[Target]
+    skipped: dict[str, str]
+    samples: dict[str, dict[str, Samples]]
+    stats_cache: dict = dataclasses.field(default_factory=dict)
+
+    def seed(self, *names) -> int:
+        return int(rng_for(self.config.seed, "model", *names).integers(2**31 - 3))
+
+
+def _check(config: MetaConfig, log) -> _Run:
+    """Opens the zoo and checks every option against it, before any training."""
+    zoo = open_zoo(config.zoo)
+    targets, skipped = resolve_targets(config.target, zoo)
+    models = parse_models(config.model)
+    analyses = parse_analyses(config.analysis)
+    snapshots = parse_snapshots(config.snapshots, zoo.num_snapshots)
+    if config.part not in PARTS:
+        raise ConfigError(f"--part {config.part}: choose one of {', '.join(PARTS)}")
+    for name, value in (("--ensemble", config.ensemble), ("--positions", config.positions)):
+        if value < 1:
+            raise ConfigError(f"{name} {value}: need at least 1")
+    ids = zoo.members.index.to_numpy()
+    if config.min_test_acc > 0:
+        ids = ids[zoo.members["test_acc"].to_numpy() >= config.min_test_acc]
+        if not len(ids):
+            raise ConfigError(f"--min-test-acc {config.min_test_acc}: no network is that accurate; lower it")
+    split = split_networks(ids, config.seed, config.test_fraction, config.val_fraction)
+    every = "all" in _names(config.target)
+    samples = {}
+    for target in list(targets):
+        try:
+            samples[target.name] = make_samples(zoo, target, split, snapshots, config.seed)
+        except ConfigError as err:
+            if not every:
+                raise
+            targets.remove(target)
+            skipped[target.name] = str(err).split("; ")[0]
+    if any(m in SLICE_MODELS for m in models):
+        spec = slice_spec("dmc", config.slice_length, config.part, config.options)
+        check_length(zoo, ids, spec)
+        if "set" in models and config.slice_length < config.options.set_patch:
+            raise ConfigError(f"--slice-length {config.slice_length} is shorter than a patch of the set model "
+                              f"({config.options.set_patch} weights); use a longer slice")
+    if "global" in models:
+        _, _, n_part = part_lengths(zoo, ids, config.part)
+        if len(set(n_part.tolist())) > 1:
+            if "all" not in _names(config.model):
+                check_length(zoo, ids, slice_spec("global", 0, config.part, config.options))
+            models.remove("global")
+            log("skipping model global: the networks have several lengths")
+    out = Path(config.out) if config.out else Path("runs") / "meta" / Path(config.zoo).resolve().name
+    reader = WeightReader(zoo, cache_bytes=config.cache_bytes)
+    return _Run(config, zoo, reader, split, snapshots, models, analyses, out, log, targets, skipped, samples)
+
+
+def _names(spec: str) -> list[str]:
+    return [s.strip() for s in spec.split(",")]
+
+
+def run_meta(config: MetaConfig, *, log: Callable[[str], None] = print) -> dict:
+    """Runs every target and model of ``config``, prints tables, writes the report folder.
+
+    Returns:
+      the contents of ``results.json``.
+    """
+    started = time.perf_counter()
+    run = _check(config, log)
+    run.out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "config": dataclasses.asdict(config),
+        "seeds": {
+            "seed": config.seed,
+            "derivation": "numpy SeedSequence([seed, crc32(purpose), ...]) per purpose "
+            "(split, balance, epochs, eval, model init); JAX keys from the model seed",
+        },
+        "versions": {**software_versions(), **_more_versions()},
+        "zoo": {
+            "path": str(run.zoo.path),
+            "networks": len(run.zoo.members),
+            "snapshots": run.zoo.num_snapshots,
+            "architectures": sorted(set(run.zoo.members["architecture"])) if "architecture" in run.zoo.members else [],
+        },
+        "snapshots": list(run.snapshots),
+        "models": run.models,
+        "split": {side: [int(i) for i in ids] for side, ids in run.split.sides().items()},
+        "skipped_targets": run.skipped,
+        "targets": {},
+    }
+    for name, reason in run.skipped.items():
+        log(f"skipping target {name}: {reason}")
+    log(f"zoo {run.zoo.path}: {len(run.zoo.members)} networks; snapshots {_span(run.snapshots)}; "
+        f"models {', '.join(run.models)}; report in {run.out}")
+    for target in run.targets:
+        entry = _run_target(run, target)
+        results["targets"][target.name] = entry
+        log(report.format_target(target.name, entry, config.ensemble))
+        report.write_json(run.out / "results.json", results)
+    results["summary"] = _summary(results, config.ensemble)
+    summary = report.format_summary(results["summary"])
+    if summary:
+        log(summary)
+        (run.out / "summary.txt").write_text(summary + "\n")
+    results["seconds"] = time.perf_counter() - started
+    results["reader"] = dict(run.reader.counters, cached_bytes=run.reader.cached_bytes)
+    report.write_json(run.out / "results.json", results)
+    return results
+
+
+def _span(snapshots) -> str:
+    return f"{snapshots[0]}-{snapshots[-1]}" if list(snapshots) == list(range(snapshots[0], snapshots[-1] + 1)) else ",".join(map(str, snapshots))
+
+
+def _more_versions() -> dict:
+    import sklearn
+
+    return {"scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+# --------------------------------------------------------------------------- #
+# One target
+# --------------------------------------------------------------------------- #
+
+
+def _chance(target: Target, samples: dict[str, Samples]) -> float:
+    if target.kind == "classification":
+        return 1.0 / target.num_outputs
+    test = samples["test"]
+    return metrics(target, np.full(len(test), np.median(samples["train"].y), np.float32), test)["mae"]
+
+
+def _run_target(run: _Run, target: Target) -> dict:
+    samples = run.samples[target.name]
+    entry = {
+        "kind": target.kind,
+        "classes": [str(c) for c in target.classes],
+        "chance": _chance(target, samples),
+        "samples": table(samples).astype(int).to_dict(orient="index"),
+        "models": {},
+        "analyses": {},
+    }
+    fitted = {}
+    for model in run.models:
+        result, fitted[model] = _train_and_test(run, target, model, samples, run.config.slice_length, run.snapshots)
+        entry["models"][model] = result
+        if target.kind == "classification":
+            best = result.get("ensemble") or result["single"]
+            report.plot_confusion(run.out / f"confusion-{target.name}-{model}.png", best["confusion"],
+                                  entry["classes"], f"{target.name}, {model} ({_pct(best['accuracy'])} test accuracy)")
+    if "slice-length" in run.analyses:
+        entry["analyses"]["slice_length"] = _slice_length(run, target, samples, entry["chance"])
+    if "where" in run.analyses:
+        entry["analyses"]["where"] = {
+            m: _where(run, target, samples, fitted[m], m, entry["chance"]) for m in run.models if m in SLICE_MODELS
+        }
+    if "when" in run.analyses:
+        entry["analyses"]["when"] = _when(run, target, entry["chance"])
+    return entry
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _train_and_test(run: _Run, target: Target, model: str, samples: dict[str, Samples], length: int,
+                    snapshots, *, validate: bool = True) -> tuple[dict, object]:
+    """Trains ``model`` on the train samples and tests it: ``(result, fitted model or None)``.
+
+    Slice models are tested on one seeded random slice per sample (``single``) and on
+    ``config.ensemble`` evenly spaced slices (``ensemble``).
+    """
+    config, tag = run.config, (target.name, model, length, _span(snapshots))
+    start = time.perf_counter()
+    if model == "stats":
+        features = {side: stats_features(run.zoo, run.reader, s, config.part, run.stats_cache) for side, s in samples.items() if len(s)}
+        names = features["train"][1]
+        aligned = {side: _align(f, n, names) for side, (f, n) in features.items()}
+        trees = fit_stats(target, aligned["train"], samples["train"].y, run.seed(*tag), config.options.stats_iterations)
+        result = {"single": metrics(target, stats_outputs(trees, target, aligned["test"]), samples["test"])}
+        if "val" in aligned:
+            result["val"] = _headline(target, metrics(target, stats_outputs(trees, target, aligned["val"]), samples["val"]))
+        result["features"] = len(names)
+        result["seconds"] = time.perf_counter() - start
+        return result, None
+    spec = slice_spec(model, length, config.part, config.options)
+    stream = make_stream(model, run.zoo, run.reader, samples["train"], spec, batch_size=config.train.batch_size,
+                         buffer_bytes=config.train.buffer_bytes)
+    module = build_model(model, target.num_outputs, config.options)
+    validation = None
+    if validate and len(samples["val"]):
+        val = eval_stream(run.zoo, run.reader, samples["val"], spec, config.train, count=1, model=model)
+        starts = random_starts(val, config.seed, "val", *tag)
+        validation = lambda f: _headline(target, metrics(target, predict(f, val, starts), samples["val"]))  # noqa: E731
+    fitted = fit(module, target, stream, config.train, run.seed(*tag), validate=validation,
+                 label=f"{target.name} {model}")
+    test = eval_stream(run.zoo, run.reader, samples["test"], spec, config.train, count=1, model=model)
+    bar = f"{target.name} {model} test" if config.train.progress else None
+    result = {"single": metrics(target, predict(fitted, test, random_starts(test, config.seed, "test", *tag), progress=bar),
+                                samples["test"])}
+    if model in SLICE_MODELS:
+        ensemble = eval_stream(run.zoo, run.reader, samples["test"], spec, config.train, count=config.ensemble)
+        result["ensemble"] = metrics(target, predict(fitted, ensemble, evenly(ensemble), progress=bar), samples["test"])
+    if fitted.history and "val" in fitted.history[-1]:
+        result["val"] = fitted.history[-1]["val"]
+    result.update(history=fitted.history, steps=fitted.steps, seconds=time.perf_counter() - start)
+    if model != "units":
+        result.update(slice_length=stream.length, slices_per_sample=spec.count)
+    return result, fitted
+
+
+def _headline(target: Target, result: dict) -> float:
+    return result["accuracy"] if target.kind == "classification" else result["mae"]
+
+
+def _align(features: np.ndarray, names: list[str], order: list[str]) -> np.ndarray:
+    """Columns of ``features`` reordered to ``order`` (missing ones NaN)."""
+    index = {n: i for i, n in enumerate(names)}
+    out = np.full((len(features), len(order)), np.nan)
+    for j, name in enumerate(order):
+        if name in index:
+            out[:, j] = features[:, index[name]]
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Analyses
+# --------------------------------------------------------------------------- #
+
+
+def _slice_length(run: _Run, target: Target, samples, chance: float) -> list[dict]:
+    """Accuracy (or MAE) versus slice length, per slice model."""
+    _, _, n_part = part_lengths(run.zoo, np.unique(np.concatenate([s.member for s in samples.values()])), run.config.part)
+    shortest = int(n_part.min())
+    lengths = run.config.slice_lengths or tuple(n for n in DEFAULT_SLICE_LENGTHS if n <= shortest) or (shortest,)
+    too_long = [n for n in lengths if n > shortest]
+    if too_long:
+        raise ConfigError(f"--slice-lengths {too_long[0]} is longer than the shortest vector or part ({shortest} weights); use smaller lengths")
+    rows = []
+    for model in (m for m in run.models if m in SLICE_MODELS):
+        for length in sorted(set(lengths)):
+            result, _ = _train_and_test(run, target, model, samples, length, run.snapshots, validate=False)
+            rows.append({"model": model, "length": length,
+                         "single": _headline(target, result["single"]),
+                         "ensemble": _headline(target, result["ensemble"])})
+            run.log(f"  slice length {length:6d} {model}: 1 slice {rows[-1]['single']:.4g}, ensemble {rows[-1]['ensemble']:.4g}")
+    if rows:
+        report.plot_slice_length(run.out / f"slice-length-{target.name}.png", rows, target.kind, chance,
+                                 f"{target.name}: how much (snapshots {_span(run.snapshots)}, part {run.config.part})")
+    return rows
+
+
+def _where(run: _Run, target: Target, samples, fitted, model: str, chance: float) -> dict:
+    """Per-slice outputs at evenly spaced positions along the network, each slice on its own."""
+    test = samples["test"]
+    spec = SliceSpec(run.config.slice_length, run.config.part, run.config.positions)
+    stream = eval_stream(run.zoo, run.reader, test, spec, run.config.train)
+    outputs = predict(fitted, stream, evenly(stream), each_slice=True, per_slice=True,
+                      progress=f"{target.name} {model} where" if run.config.train.progress else None)  # [n, P, (C)]
+    metric, prob_true = [], []
+    for p in range(run.config.positions):
+        m = metrics(target, outputs[:, p], test)
+        metric.append(_headline(target, m))
+        if target.kind == "classification":
+            prob_true.append(float(outputs[np.arange(len(test)), p, test.y].mean()))
+    arch_label, boundaries = _boundaries(run, test, stream)
+    where = {"position": np.linspace(0, 1, run.config.positions).tolist(), "metric": metric,
+             "architecture": arch_label, "boundaries": boundaries}
+    if prob_true:
+        where["prob_true"] = prob_true
+    report.plot_where(run.out / f"where-{target.name}-{model}.png", where, target.kind, chance,
+                      f"{target.name}, {model}: where (slice length {stream.length}, part {run.config.part})")
+    return where
+
+
+def _boundaries(run: _Run, test: Samples, stream: SliceStream) -> tuple[str, list[dict]]:
+    """Layer starts of the most common test architecture, as relative slice positions (slice centre on the boundary)."""
+    archs = collections.Counter(run.zoo.architecture(int(m)) for m in test.member)
+    arch = archs.most_common(1)[0][0]
+    member = next(int(m) for m in test.member if run.zoo.architecture(int(m)) == arch)
+    i = int(np.flatnonzero(test.member == member)[0])
+    lo, hi, length = stream.lo[i], stream.hi[i], stream.length
+    boundaries, seen = [], set()
+    for segment in layout(arch):
+        if segment.layer in seen:
+            continue
+        seen.add(segment.layer)
+        position = (segment.offset - length / 2 - lo) / max(hi - lo, 1)
+        boundaries.append({"layer": segment.layer, "offset": segment.offset, "position": float(position)})
+    return arch.label(), boundaries
+
+
+def _when(run: _Run, target: Target, chance: float) -> list[dict]:
+    """Train and test on single snapshots, for every snapshot of the zoo."""
+    rows = []
+    for snapshot in range(1, run.zoo.num_snapshots + 1):
+        try:
+            samples = make_samples(run.zoo, target, run.split, (snapshot,), run.config.seed)
+        except ConfigError as err:  # e.g. test_acc at the initialization: never measured
+            run.log(f"  snapshot {snapshot}: skipped ({err})")
+            continue
+        for model in run.models:
+            result, _ = _train_and_test(run, target, model, samples, run.config.slice_length, (snapshot,), validate=False)
+            best = result.get("ensemble") or result["single"]
+            rows.append({"model": model, "snapshot": snapshot, "value": _headline(target, best)})
+            run.log(f"  snapshot {snapshot:3d} {model}: {rows[-1]['value']:.4g}")
+    if rows:
+        report.plot_when(run.out / f"when-{target.name}.png", rows, target.kind, chance,
+                         f"{target.name}: when (trained and tested on one snapshot)")
+    return rows
+
+
+def _summary(results: dict, ensemble: int) -> dict:
+    """Test accuracy per categorical target and model (ensemble where there is one), and the means."""
+    models = results["models"]
+    rows = {}
+    for name, entry in results["targets"].items():
+        if entry["kind"] != "classification":
+            continue
+        row = {"chance": entry["chance"]}
+        for model, r in entry["models"].items():
+            row[model] = (r.get("ensemble") or r["single"])["accuracy"]
+        rows[name] = row
+    mean = {key: float(np.mean([r[key] for r in rows.values() if key in r])) for key in ["chance", *models]} if rows else {}
+    return {"ensemble": ensemble, "models": models, "targets": rows, "mean": mean}

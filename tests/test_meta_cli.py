@@ -1,0 +1,129 @@
+"""Tests of experiments/meta.py: one-line errors with exit code 2, the report folder, determinism."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_meta import OPTIMIZERS, SMALL, _lrate, planted, write_zoo
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "meta.py"
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("meta_cli", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cli():
+    return _cli()
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """36 networks, 3 snapshots, the optimizer planted in the weights."""
+    specs = [{"arch": SMALL, "optimizer": OPTIMIZERS[i % 3], "lrate": _lrate(i)} for i in range(36)]
+    return write_zoo(tmp_path_factory.mktemp("cli"), specs, planted, 3)
+
+
+def _error(cli, capsys, *argv) -> str:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def _error_exit(cli, capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(argv))
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_bad_input_gives_one_line_errors(cli, zoo, tmp_path, capsys):
+    assert "unknown target 'colour'" in _error(cli, capsys, "--zoo", str(zoo.path), "--target", "colour")
+    (tmp_path / "empty").mkdir()
+    assert "not a zoo" in _error(cli, capsys, "--zoo", str(tmp_path / "empty"), "--target", "optimizer")
+    assert "no such folder" in _error(cli, capsys, "--zoo", str(tmp_path / "missing"), "--target", "optimizer")
+    line = _error(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer", "--snapshots", "2-9")
+    assert "out of bounds" in line and "1..3" in line
+    line = _error(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer", "--slice-length", "30000")
+    assert "longer than the vector of network" in line and "20682" in line
+    assert "unknown model" in _error(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer", "--model", "svm")
+    assert "unknown analysis" in _error(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer", "--analysis", "why")
+    assert "one class" in _error(cli, capsys, "--zoo", str(zoo.path), "--target", "activation")
+    assert "--target" in _error_exit(cli, capsys, "--zoo", str(zoo.path))
+    assert "invalid int" in _error_exit(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer", "--slice-length", "x")
+
+
+def test_process_exit_code_and_stderr(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--zoo", str(tmp_path), "--target", "optimizer"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path}: not a zoo (no zoo.json); pass the --out folder of a population run"]
+
+
+ARGS = ["--target", "optimizer,lrate", "--model", "set,units,stats", "--snapshots", "2-3", "--slice-length", "128",
+        "--epochs", "2", "--batch-size", "16", "--ensemble", "4", "--positions", "5", "--set-slices", "2",
+        "--stats-iterations", "20", "--analysis", "where,when,slice-length", "--slice-lengths", "128",
+        "--quiet", "--seed", "3"]
+
+
+def _numbers(results: dict) -> dict:
+    """The metrics of a run, without timings."""
+    out = {}
+    for name, entry in results["targets"].items():
+        for model, r in entry["models"].items():
+            out[f"{name}/{model}"] = (r["single"], r.get("ensemble"), [h["loss"] for h in r.get("history", [])])
+        out[f"{name}/analyses"] = entry["analyses"]
+    return out
+
+
+def test_run_writes_report_and_repeats_exactly(cli, zoo, tmp_path, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert cli.main(["--zoo", str(zoo.path), *ARGS, "--out", str(first)]) == 0
+    printed = capsys.readouterr().out
+    assert "== optimizer: 3 classes, chance  33.3% ==" in printed and "regression" in printed
+    results = json.loads((first / "results.json").read_text())
+    assert results["config"]["seed"] == 3 and results["config"]["slice_length"] == 128
+    assert {"jax", "flax", "optax", "numpy", "scikit-learn"} <= set(results["versions"])
+    assert results["seeds"]["seed"] == 3
+    optimizer = results["targets"]["optimizer"]
+    assert optimizer["chance"] == pytest.approx(1 / 3)
+    assert set(optimizer["models"]) == {"set", "units", "stats"}
+    assert "ensemble" not in optimizer["models"]["units"] and set(optimizer["analyses"]["where"]) == {"set"}
+    assert 0 <= optimizer["models"]["set"]["ensemble"]["accuracy"] <= 1
+    lrate = results["targets"]["lrate"]["models"]["stats"]["single"]
+    assert {"mae", "ci95", "spearman"} <= set(lrate)
+    assert set(results["split"]["train"]).isdisjoint(results["split"]["test"])
+    where = optimizer["analyses"]["where"]["set"]
+    assert len(where["metric"]) == 5 and where["boundaries"][0]["layer"] == "conv0"
+    assert [r["snapshot"] for r in optimizer["analyses"]["when"] if r["model"] == "units"] == [1, 2, 3]
+    assert [r["length"] for r in optimizer["analyses"]["slice_length"]] == [128]
+    files = {p.name for p in first.iterdir()}
+    assert {"results.json", "summary.txt", "confusion-optimizer-set.png", "confusion-optimizer-stats.png",
+            "where-optimizer-set.png", "when-optimizer.png", "slice-length-optimizer.png", "where-lrate-set.png"} <= files
+    assert (first / "confusion-optimizer-set.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mean" in (first / "summary.txt").read_text()
+
+    assert cli.main(["--zoo", str(zoo.path), *ARGS, "--out", str(second)]) == 0
+    again = json.loads((second / "results.json").read_text())
+    assert _numbers(again) == _numbers(results)
+    assert np.isfinite(again["targets"]["optimizer"]["models"]["set"]["history"][-1]["loss"])
