@@ -6,9 +6,12 @@ Examples::
     python experiments/meta.py --zoo runs/fmnist --target all --snapshots 11-20 --out runs/fmnist-meta
     python experiments/meta.py --zoo runs/fmnist --target activation --model dmc --slice-length 5000 --part conv
     python experiments/meta.py --zoo runs/fmnist --target dataset --analysis where,when,slice-length
+    python experiments/meta.py --zoo nws/nws_main_train.csv,nws/nws_main_test.csv --target dataset
+    python experiments/meta.py --zoo small-cnn-zoo/mnist --target config.optimizer,test_acc
 
 Prints a table per target and writes a report folder (results.json, summary.txt, PNG
-plots). Errors a user can cause print one line starting "error: " and exit with 2.
+plots); a report already in that folder is kept unless --overwrite is given. Errors a
+user can cause print one line starting "error: " and exit with 2.
 See docs/meta.md.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from nwsjax.errors import NWSError
 
@@ -26,14 +30,29 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _number(kind, minimum, *, strict=False):
+    """An argparse type: ``kind`` (int or float) at least ``minimum`` (above it when ``strict``)."""
+
+    def parse(text):
+        value = kind(text)  # ValueError: argparse says "invalid int value: 'x'"
+        if not (value > minimum if strict else value >= minimum):
+            raise argparse.ArgumentTypeError(f"{text}: must be {'>' if strict else '>='} {minimum}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from nwsjax.meta.data import PARTS, TARGETS
     from nwsjax.meta.run import ANALYSES, DEFAULT_MODELS
     from nwsjax.meta.train import MODELS
 
     p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--zoo", required=True, help="zoo folder written by the population trainer")
-    p.add_argument("--target", required=True, help=f"comma-separated: {', '.join(TARGETS)}; or all")
+    p.add_argument("--zoo", required=True, help="zoo folder written by the population trainer; or NWS CSV files, "
+                   "comma-separated (train,test: their split is kept); or Small CNN Zoo folder(s)")
+    p.add_argument("--target", required=True, help=f"comma-separated: {', '.join(TARGETS)} (Small CNN Zoo: its "
+                   "config.* columns and test_acc); or all")
     p.add_argument("--model", default=",".join(DEFAULT_MODELS), help=f"comma-separated: {', '.join(MODELS)}; or all (default %(default)s)")
     p.add_argument("--snapshots", default=None, help="snapshots to train and test on, e.g. 11-20 (default: the second half)")
     p.add_argument("--slice-length", type=int, default=5000, help="weights per slice (default %(default)s)")
@@ -45,16 +64,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=50, help="training epochs of the Flax models (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per step (default %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)")
-    p.add_argument("--dmc-width", type=float, default=1.0, help="DMC/global width multiplier, 1 = reference (default %(default)s)")
-    p.add_argument("--set-slices", type=int, default=8, help="slices per network for the set model (default %(default)s)")
-    p.add_argument("--stats-iterations", type=int, default=200, help="boosting iterations of stats (default %(default)s)")
+    p.add_argument("--dmc-width", type=_number(float, 0, strict=True), default=1.0, help="DMC/global width multiplier, 1 = reference (default %(default)s)")
+    p.add_argument("--set-slices", type=_number(int, 1), default=8, help="slices per network for the set model (default %(default)s)")
+    p.add_argument("--stats-iterations", type=_number(int, 1), default=200, help="boosting iterations of stats (default %(default)s)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="networks held out for test (default %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="of the rest, networks for validation (default %(default)s)")
+    p.add_argument("--random-split", action="store_true",
+                   help="split networks at random even when the zoo has its own train/test split (NWS CSVs)")
     p.add_argument("--min-test-acc", type=float, default=0.0, help="leave out networks below this final test accuracy")
-    p.add_argument("--seed", type=int, default=0, help="run seed (default %(default)s)")
-    p.add_argument("--cache-mb", type=int, default=1024, help="vector cache budget in MiB (default %(default)s)")
-    p.add_argument("--buffer-mb", type=int, default=256, help="shuffle buffer budget in MiB (default %(default)s)")
+    p.add_argument("--seed", type=_number(int, 0), default=0, help="run seed (default %(default)s)")
+    p.add_argument("--cache-mb", type=_number(int, 0), default=1024, help="vector cache budget in MiB (default %(default)s)")
+    p.add_argument("--buffer-mb", type=_number(int, 0), default=256, help="shuffle buffer budget in MiB (default %(default)s)")
     p.add_argument("--out", default=None, help="report folder (default runs/meta/<zoo name>)")
+    p.add_argument("--overwrite", action="store_true", help="write over the report already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -73,9 +95,35 @@ def _lengths(text: str | None) -> tuple[int, ...] | None:
     return lengths
 
 
+_REPORT_FILES = ("results.json", "summary.txt")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuses a report folder that would overwrite another run's report or other files."""
+    from nwsjax.errors import ConfigError
+
+    existing = next((p for p in [out, *out.absolute().parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
+    if not out.is_dir():
+        return
+    files = list(out.iterdir())
+    if not files:
+        return
+    if any(p.is_dir() or not (p.name in _REPORT_FILES or p.suffix == ".png") for p in files):
+        raise ConfigError(f"--out {out}: folder is not empty and holds no meta report; choose another --out")
+    if not overwrite:
+        raise ConfigError(f"--out {out}: holds a meta report already; pass --overwrite to write over it, "
+                          "or choose another --out")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.out:
+            _check_out(Path(args.out), args.overwrite)
+        elif Path(args.zoo).is_dir():  # the default of a zoo folder, as run_meta makes it
+            _check_out(Path("runs") / "meta" / Path(args.zoo).resolve().name, args.overwrite)
         from nwsjax.meta.run import MetaConfig, run_meta
         from nwsjax.meta.train import ModelOptions, TrainSettings
 
@@ -93,6 +141,7 @@ def main(argv=None) -> int:
             seed=args.seed,
             test_fraction=args.test_fraction,
             val_fraction=args.val_fraction,
+            own_split=not args.random_split,
             min_test_acc=args.min_test_acc,
             train=TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lrate=args.lr,
                                 buffer_bytes=args.buffer_mb << 20, progress=not args.quiet),

@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = _Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--zoo", required=True, help="zoo folder")
+    p.add_argument("--zoo", required=True, help="zoo folder, NWS CSV files (comma-separated) or Small CNN Zoo folder(s)")
     p.add_argument("--model", default="dmc,set,units", help="comma-separated Flax models: dmc, set, units, global (default %(default)s)")
     p.add_argument("--target", default="optimizer", help="target that labels the batches (default %(default)s)")
     p.add_argument("--snapshots", default=None, help="snapshot range (default: the second half)")
@@ -59,9 +59,9 @@ def main(argv=None) -> int:
         from nwsjax.meta import train as T
         from nwsjax.meta.reader import WeightReader
         from nwsjax.meta.run import parse_models
-        from nwsjax.zoo import open_zoo
+        from nwsjax.formats import open_any
 
-        zoo = open_zoo(args.zoo)
+        zoo = open_any(args.zoo)
         target = D.resolve_targets(args.target, zoo)[0][0]
         snapshots = D.parse_snapshots(args.snapshots, zoo.num_snapshots)
         models = parse_models(args.model)

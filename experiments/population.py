@@ -3,6 +3,8 @@
     python experiments/population.py                      # the demo: 16 nets on digits, zoo in runs/default
     python experiments/population.py --members 512 --dataset fashion_mnist --epochs 40 --out runs/fmnist
     python experiments/population.py --members 256 --fixed-architecture --set optimizer=adam --out runs/adam_only
+    python experiments/population.py --resume --out runs/fmnist        # continue a killed run
+    python experiments/population.py ... --coordinator HOST:PORT --num-processes N --process-id I   # multi-host
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ def _virtual_cpu_devices(argv: list[str]) -> None:
 _virtual_cpu_devices(sys.argv[1:])
 
 from nwsjax.cli import ArgumentParser, enable_compilation_cache, main_wrapper  # noqa: E402
+from nwsjax.errors import ConfigError  # noqa: E402
 from nwsjax.run import (  # noqa: E402
     RunConfig,
     config_from_args,
     disk_estimate,
     prepare_run,
+    resume_config,
     run_population,
     split_list,
     summary_table,
@@ -82,6 +86,17 @@ def parse_args(argv):
         type=int,
         help="devices to shard each cohort over (default 1); on CPU, N virtual devices are made",
     )
+    p.add_argument(
+        "--resume", action="store_true", default=None,
+        help="continue the killed run whose zoo is in --out (its settings are stored there)",
+    )
+    p.add_argument("--members-per-part", type=int, help="members per snapshot checkpoint, the unit a run commits (default 16)")
+    p.add_argument(
+        "--coordinator",
+        help="multi-host: HOST:PORT of process 0, or 'auto' where JAX detects the cluster (SLURM, TPU pods)",
+    )
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-host: this process's index, 0..N-1")
     p.add_argument("--cache-dir", help="prepared-dataset cache folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -93,21 +108,27 @@ def main(argv=None) -> int:
         print(f"no arguments: the demo population, as population.py {' '.join(DEMO)}", file=sys.stderr)
         argv = DEMO
     args = parse_args(argv)
-    quiet = args.quiet
     values = vars(args)
-    del values["quiet"]
+    quiet = values.pop("quiet")
+    process = join_processes(values.pop("coordinator"), values.pop("num_processes"), values.pop("process_id"))
+    quiet = quiet or process > 0
     values["datasets"] = split_list(values["datasets"])
     values["pins"] = split_list(values["pins"])
-    config = config_from_args(**values)
+    if values["resume"]:
+        config = resume_config(values["out"] or DEFAULTS.out, values)
+    else:
+        config = config_from_args(**values)
     prepared = prepare_run(config, progress=not quiet)
     enable_compilation_cache()
     disk = disk_estimate(prepared)
-    print(
-        f"training {len(prepared.members)} members on {', '.join(prepared.datasets)} -> {config.out}: "
-        f"{disk['per_member_snapshot'] / 1e6:.2f} MB per member snapshot, "
-        f"zoo about {disk['zoo'] / 1e6:.0f} MB (+ up to {disk['scratch'] / 1e6:.0f} MB scratch while training)",
-        file=sys.stderr,
-    )
+    if process == 0:
+        print(
+            f"{'resuming' if config.resume else 'training'} {len(prepared.members)} members on "
+            f"{', '.join(prepared.datasets)} -> {config.out}: "
+            f"{disk['per_member_snapshot'] / 1e6:.2f} MB per member snapshot, "
+            f"zoo about {disk['zoo'] / 1e6:.0f} MB (+ up to {disk['scratch'] / 1e6:.0f} MB scratch while training)",
+            file=sys.stderr,
+        )
     bar = None
     if not quiet:
         from tqdm import tqdm
@@ -115,6 +136,7 @@ def main(argv=None) -> int:
         bar = tqdm(total=config.members * config.epochs, unit="epoch", desc="member-epochs", dynamic_ncols=True)
 
     def on_progress(counters: dict) -> None:
+        bar.total = counters["members"] * config.epochs
         bar.n = counters["member_epochs"]
         bar.set_postfix(
             cohort=f"{counters['cohort']}/{counters['cohorts']}",
@@ -130,12 +152,40 @@ def main(argv=None) -> int:
     if bar:
         bar.n = bar.total
         bar.close()
+    if process > 0:
+        print(f"process {process}: trained {report.members} members", file=sys.stderr)
+        return 0
     from nwsjax.zoo import open_zoo
 
     zoo = open_zoo(config.out)
     print(summary_table(zoo.members, report))
     print(f"zoo written to {config.out} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def join_processes(coordinator: str | None, num_processes: int | None, process_id: int | None) -> int:
+    """Joins JAX's multi-process runtime when asked to; returns this process's index (0 alone)."""
+    if coordinator is None:
+        if num_processes is not None or process_id is not None:
+            raise ConfigError("--num-processes/--process-id need --coordinator HOST:PORT (or --coordinator auto)")
+        return 0
+    import jax
+
+    if coordinator == "auto":
+        kwargs = {}
+    else:
+        if num_processes is None or process_id is None:
+            raise ConfigError("--coordinator HOST:PORT needs --num-processes N and --process-id I")
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise ConfigError(f"--process-id {process_id}: must be in 0..{num_processes - 1} (--num-processes {num_processes})")
+        kwargs = dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=int(os.environ.get("NWSJAX_JOIN_TIMEOUT", "300")))
+    except Exception as err:  # jax raises several types; the message names the cause
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else err.__class__.__name__
+        raise ConfigError(f"--coordinator {coordinator}: could not join the multi-process run ({reason}); "
+                          "check the address, port and that every process was started") from None
+    return jax.process_index()
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ class TrainConfig:
             raise ConfigError(f"snapshots={self.snapshots}: need at least 1")
         if self.max_slots < 1:
             raise ConfigError(f"max_slots={self.max_slots}: need at least 1")
-        available = len(jax.devices())
+        available = len(jax.local_devices())
         if not 1 <= self.devices <= available:
             hint = (
                 "; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N before starting"
@@ -207,7 +207,7 @@ class _Slot:
 class _Cohort:
     """Trains the members of one cohort, refilling slots as members finish."""
 
-    def __init__(self, label, member_ids, members, data, placements, config, strategy, writer, progress):
+    def __init__(self, label, member_ids, members, data, placements, config, strategy, writer, progress, width):
         self.label = label
         self.pending = list(member_ids)
         self.members = members
@@ -221,8 +221,13 @@ class _Cohort:
         self.arch = Architecture.of(first)
         self.batch_size = first.batch_size
         self.model = NWSNet(self.arch, conv_impl=strategy.conv)
-        width = min(len(member_ids), config.max_slots)
-        self.n_slots = -(-width // config.devices) * config.devices  # whole slots per device
+        width = min(width, config.max_slots)  # the whole cohort's: a resumed rest trains in the same program
+        # Whole slots per device, and for looped strategies at least 2: with one, XLA drops
+        # the trip-count-1 member loop and fuses the step differently (float32-apart
+        # weights). With 2 or more every member runs the same loop body at any width,
+        # so results are bitwise independent of population size, devices and resumption.
+        self.min_per_device = 1 if strategy.batching == "vmap" else 2
+        self.n_slots = max(self.min_per_device, -(-width // config.devices)) * config.devices
         used = {members[i].dataset for i in member_ids}
         self.max_steps = max(placements[d].train[1] // self.batch_size for d in used)
         chunk = config.eval_chunk
@@ -357,11 +362,11 @@ class _Cohort:
         slots, knobs, states = self._fill()
         budget = self.config.memory_budget or default_memory_budget()
         devices = self.config.devices
-        if self.footprint > budget and self.n_slots > devices:
+        if self.footprint > budget and self.n_slots > self.min_per_device * devices:
             # Fewer members at once: the per-member share of the measured footprint
             # (an upper bound, as part of it is shared) decides how many fit.
             per_member = self.footprint / self.n_slots
-            fit = max(devices, int(budget // per_member) // devices * devices)
+            fit = max(self.min_per_device * devices, int(budget // per_member) // devices * devices)
             self.pending[:0] = [s.member for s in slots if s is not None]
             self.n_slots = fit
             slots, knobs, states = self._fill()
@@ -471,8 +476,8 @@ def _footprint(compiled) -> int:
 
 
 def default_memory_budget() -> float:
-    """80% of the first device's memory; on CPU half of the host's RAM."""
-    stats = jax.devices()[0].memory_stats() or {}
+    """80% of the first local device's memory; on CPU half of the host's RAM."""
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         return 0.8 * stats["bytes_limit"]
     return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -488,7 +493,7 @@ def _sharded(fn: Callable, devices: int, shared: tuple[int, ...]) -> Callable:
     from jax.sharding import PartitionSpec as P
 
     mesh = jax.make_mesh(
-        (devices,), ("pop",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:devices]
+        (devices,), ("pop",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.local_devices()[:devices]
     )
 
     def wrapped(*args):
@@ -507,6 +512,14 @@ def _fresh(init: Callable, knobs):
     return init(knobs, None, jnp.ones(n, bool))
 
 
+def _snapshot_shapes(member: MemberConfig, snapshots: int):
+    """``{"params", "batch_stats"}`` of ``jax.ShapeDtypeStruct`` ``[snapshots, *shape]`` for ``member``."""
+    model = NWSNet(Architecture.of(member))
+    state = jax.eval_shape(lambda k: step.init_member(model, k), knobs_of(member))
+    stacked = lambda x: jax.ShapeDtypeStruct((snapshots, *x.shape), x.dtype)  # noqa: E731
+    return {"params": jax.tree.map(stacked, state.params), "batch_stats": jax.tree.map(stacked, state.batch_stats)}
+
+
 def _replace(knobs: step.Knobs, index: int, new: step.Knobs) -> step.Knobs:
     for stacked, value in zip(knobs, new):
         stacked[index] = value
@@ -517,50 +530,65 @@ def train_population(
     members: Sequence[MemberConfig],
     datasets: Mapping[str, Dataset],
     writer: ZooWriter,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | None = None,
     *,
+    assigned: Sequence[int] | None = None,
     on_progress: Callable[[dict], None] | None = None,
 ) -> PopulationReport:
-    """Trains every member and writes the zoo.
+    """Trains the members and writes them to the zoo.
+
+    Members already committed to the zoo (``writer.committed``: a resumed run) are
+    skipped; the others train exactly as they would have in an uninterrupted run, as a
+    cohort keeps its width (its number of slots) however few of its members are left.
 
     Args:
       members: the population; member ``i`` gets id ``i``.
       datasets: every dataset named by a member, prepared (``nwsjax.data.load_dataset``).
       writer: the zoo being written (:class:`nwsjax.zoo.ZooWriter`).
-      config: training settings.
+      config: training settings (None: the defaults).
+      assigned: ids this process trains (a multi-host run's share); None: all.
       on_progress: called after every round with a dict of counters (for progress bars).
 
     Returns:
-      timings and work counts; the zoo is complete when this returns.
+      timings and work counts; every assigned member is committed to the zoo when this
+      returns (:meth:`ZooWriter.close` then writes the tables).
     """
+    config = config or TrainConfig()
     missing = sorted({m.dataset for m in members} - set(datasets))
     if missing:
         raise ConfigError(f"members use datasets that were not loaded: {', '.join(missing)}")
     strategy = config.strategy or default_strategy()
     data, placements = place_datasets(datasets)
-    groups: dict[tuple, list[int]] = {}
+    everyone: dict[tuple, list[int]] = {}
     for i, member in enumerate(members):
-        groups.setdefault(cohort_key(member), []).append(i)
+        everyone.setdefault(cohort_key(member), []).append(i)
+    mine = set(range(len(members)) if assigned is None else assigned)
+    groups = {key: [i for i in ids if i in mine] for key, ids in everyone.items()}
     start = time.perf_counter()
-    report = PopulationReport(0.0, {}, {}, {}, 0, 0, 0, len(members), strategy.name)
-    counters = {"members": len(members), "finished": 0, "cohorts": len(groups), "cohort": 0}
+    report = PopulationReport(0.0, {}, {}, {}, 0, 0, 0, sum(map(len, groups.values())), strategy.name)
+    counters = {"members": report.members, "finished": 0, "cohorts": len(groups), "cohort": 0}
+    resumed = sum(i in writer.committed for ids in groups.values() for i in ids)
 
     def progress(cohort: _Cohort, slots) -> None:
         counters.update(
             active=sum(s is not None for s in slots),
             member_steps=report.member_steps + cohort.member_steps,
-            member_epochs=writer.epochs_recorded + sum(s.epoch for s in slots if s),
-            finished=writer.members_written,
+            member_epochs=writer.committed_epochs + writer.epochs_recorded + sum(s.epoch for s in slots if s),
+            finished=resumed + writer.members_added,
             seconds=time.perf_counter() - start,
         )
         if on_progress:
             on_progress(counters)
 
-    for number, key in enumerate(sorted(groups, key=lambda k: (-len(groups[k]), k))):
-        ids = groups[key]
-        label = cohort_label(members[ids[0]])
+    # Every process goes through every cohort in one order: flushing is collective.
+    for number, key in enumerate(sorted(everyone, key=lambda k: (-len(everyone[k]), k))):
+        ids = [i for i in groups[key] if i not in writer.committed]
         counters["cohort"] = number + 1
-        cohort = _Cohort(label, ids, members, data, placements, config, strategy, writer, progress)
+        label = cohort_label(members[everyone[key][0]])
+        if not ids:
+            writer.flush_cohort(label, like=_snapshot_shapes(members[everyone[key][0]], config.snapshots))
+            continue
+        cohort = _Cohort(label, ids, members, data, placements, config, strategy, writer, progress, len(groups[key]))
         cohort.run()
         writer.flush_cohort(label)
         report.compile_seconds[label] = cohort.compile_seconds

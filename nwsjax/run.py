@@ -9,9 +9,10 @@ what a researcher wants to see at the end.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,19 @@ from nwsjax.population import PopulationReport, TrainConfig, train_population
 from nwsjax.space import MemberConfig, parse_pins, sample_members
 from nwsjax.stopping import StoppingConfig
 from nwsjax.strategy import default_strategy, parse_strategy
-from nwsjax.zoo import FORMAT, ZooWriter
+from nwsjax.zoo import FORMAT, ZooWriter, read_info
 
-__all__ = ["RunConfig", "PreparedRun", "prepare_run", "run_population", "summary_table", "disk_estimate", "check_disk"]
+__all__ = [
+    "RunConfig",
+    "PreparedRun",
+    "prepare_run",
+    "run_population",
+    "resume_config",
+    "assign_members",
+    "summary_table",
+    "disk_estimate",
+    "check_disk",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +60,8 @@ class RunConfig:
       devices: devices to shard each cohort's members over.
       cache_dir: prepared-dataset cache (None: ``$NWSJAX_CACHE`` or ~/.cache/nwsjax).
       overwrite: replace an existing zoo in ``out``.
+      resume: continue the interrupted run whose zoo is in ``out`` (see :func:`resume_config`).
+      members_per_part: members per Orbax checkpoint of the zoo (the unit a run commits).
     """
 
     out: str = "runs/default"
@@ -66,6 +79,8 @@ class RunConfig:
     devices: int = 1
     cache_dir: str | None = None
     overwrite: bool = False
+    resume: bool = False
+    members_per_part: int = 16
 
 
 @dataclasses.dataclass
@@ -80,8 +95,12 @@ class PreparedRun:
 
 def _check_out(config: RunConfig) -> Path:
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
+    if config.resume:
+        read_info(out, running=True)
+        return out
+    existing = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()):
         info = out / "zoo.json"
         try:
@@ -101,6 +120,12 @@ def prepare_run(config: RunConfig, *, progress: bool = False) -> PreparedRun:
         raise ConfigError(f"--members {config.members}: need at least 1 member")
     if config.max_images is not None and config.max_images < 1:
         raise ConfigError(f"--max-images {config.max_images}: must be >= 1")
+    if config.seed < 0:
+        raise ConfigError(f"--seed {config.seed}: must be an integer >= 0, e.g. --seed 0")
+    if config.members_per_part < 1:
+        raise ConfigError(f"--members-per-part {config.members_per_part}: must be >= 1")
+    if config.resume and config.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
     strategy = parse_strategy(config.strategy)
     pins = parse_pins(config.pins)
     stopping = StoppingConfig(max_epochs=config.epochs, min_epochs=min(config.min_epochs, config.epochs))
@@ -135,7 +160,10 @@ def prepare_run(config: RunConfig, *, progress: bool = False) -> PreparedRun:
                 f"batch size {smallest}; raise --max-images or pin a smaller --set batch_size"
             )
     prepared = PreparedRun(config, members, datasets, train)
-    check_disk(prepared)
+    if config.resume:
+        _check_same_data(prepared)
+    else:
+        check_disk(prepared)
     return prepared
 
 
@@ -183,29 +211,137 @@ def check_disk(prepared: PreparedRun) -> dict[str, float]:
 def run_population(
     prepared: PreparedRun, *, on_progress: Callable[[dict], None] | None = None
 ) -> PopulationReport:
-    """Trains a prepared run and writes its zoo to ``prepared.config.out``."""
+    """Trains a prepared run and writes its zoo to ``prepared.config.out``.
+
+    Under JAX's multi-process runtime (``jax.distributed.initialize``), every process
+    calls this with the same run: each trains its share of every cohort
+    (:func:`assign_members`) and commits its own parts; process 0 creates the zoo
+    first and writes its tables last, between barriers. With ``config.resume`` the
+    committed members of the interrupted run are kept and the others trained again.
+    """
+    import jax
+
     config = prepared.config
-    out = _check_out(config)
-    if out.is_dir() and config.overwrite:
-        shutil.rmtree(out)
-    run_config = {
-        "run": dataclasses.asdict(config),
-        "train": dataclasses.asdict(prepared.train),
-        "strategy": (prepared.train.strategy or default_strategy()).name,
-        "datasets": {name: ds.summary() for name, ds in prepared.datasets.items()},
-    }
-    writer = ZooWriter(out, run_config)
-    report = train_population(prepared.members, prepared.datasets, writer, prepared.train, on_progress=on_progress)
-    writer.wait()
-    writer.close(
-        seconds=report.seconds,
-        compile_seconds=report.compile_seconds,
-        member_steps=report.member_steps,
-        slot_steps=report.slot_steps,
-        utilization=report.utilization,
-        images=report.images,
+    process, processes = jax.process_index(), jax.process_count()
+    out = Path(config.out)
+    options = dict(members_per_part=config.members_per_part, process=process, processes=processes)
+    _barrier("nwsjax-prepared")  # every process has checked --out before process 0 changes it
+    writer = None
+    if process == 0 and not config.resume:
+        _check_out(config)
+        if out.is_dir() and config.overwrite:
+            shutil.rmtree(out)
+        run_config = {
+            "run": dataclasses.asdict(config),
+            "train": dataclasses.asdict(prepared.train),
+            "strategy": (prepared.train.strategy or default_strategy()).name,
+            "datasets": {name: dataset_record(ds) for name, ds in prepared.datasets.items()},
+        }
+        writer = ZooWriter(out, run_config, **options)
+    _barrier("nwsjax-created")
+    writer = writer or ZooWriter(out, **options)
+    report = train_population(
+        prepared.members,
+        prepared.datasets,
+        writer,
+        prepared.train,
+        assigned=assign_members(prepared.members, process, processes),
+        on_progress=on_progress,
     )
+    _barrier("nwsjax-trained")
+    if process == 0:
+        writer.close(
+            expected=len(prepared.members),
+            seconds=report.seconds,
+            compile_seconds=report.compile_seconds,
+            member_steps=report.member_steps,
+            slot_steps=report.slot_steps,
+            utilization=report.utilization,
+            images=report.images,
+            processes=processes,
+            resumed=config.resume,
+        )
+    _barrier("nwsjax-closed")
     return report
+
+
+def assign_members(members: Sequence[MemberConfig], process: int, processes: int) -> list[int]:
+    """The member ids process ``process`` of ``processes`` trains.
+
+    Every cohort is dealt round-robin, so each process gets an equal share of each
+    static shape (and no cohort is compiled by one process only). Returns sorted ids.
+    """
+    from nwsjax.population import cohort_key
+
+    cohorts: dict[tuple, list[int]] = {}
+    for i, member in enumerate(members):
+        cohorts.setdefault(cohort_key(member), []).append(i)
+    return sorted(i for ids in cohorts.values() for i in ids[process::processes])
+
+
+def _barrier(name: str) -> None:
+    """Waits for every process of a multi-process run (no-op with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def dataset_record(dataset: Dataset) -> dict:
+    """A dataset's summary plus a fingerprint of its arrays (what a resumed run must find again)."""
+    digest = hashlib.sha256()
+    for array in (dataset.train_images, dataset.train_labels, dataset.val_images, dataset.val_labels,
+                  dataset.test_images, dataset.test_labels):
+        digest.update(np.ascontiguousarray(array).data)
+    return dict(dataset.summary(), sha256=digest.hexdigest())
+
+
+def _check_same_data(prepared: PreparedRun) -> None:
+    stored = read_info(prepared.config.out, running=True)["config"].get("datasets", {})
+    for name, dataset in prepared.datasets.items():
+        before = stored.get(name, {}).get("sha256")
+        if before != dataset_record(dataset)["sha256"]:
+            raise ConfigError(
+                f"--resume {prepared.config.out}: dataset {name} is not the data the run started with; "
+                "restore that data (or its cache) or start a new run"
+            )
+
+
+# Settings that do not change what a run computes: a resumed run may give them anew.
+_RESUME_FREE = {"out", "resume", "cache_dir", "overwrite"}
+
+
+def resume_config(out: str, given: Mapping[str, Any]) -> RunConfig:
+    """The config of the interrupted run in ``out``, for ``--resume``.
+
+    ``given``: the settings typed with ``--resume`` (None for those left out). They
+    may repeat the stored ones; one that differs is an error, as the resumed zoo would
+    no longer be one run.
+    """
+    if given.get("overwrite"):
+        raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+    run = read_info(out, running=True).get("config", {}).get("run")
+    if not isinstance(run, dict):
+        raise ConfigError(f"--resume {out}: this zoo holds no population.py run settings; start a new run instead")
+    stored = dict(run)
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in stored.items() if k in fields}
+    for key, value in given.items():
+        if value is None or key in _RESUME_FREE:
+            continue
+        value = tuple(value) if isinstance(value, list) else value
+        if value != values.get(key):
+            flag = "--" + key.replace("_", "-").replace("datasets", "dataset").replace("pins", "set")
+            raise ConfigError(
+                f"--resume {out}: {flag} {value!r} differs from the interrupted run's {values.get(key)!r}; "
+                f"drop {flag} (a resumed run keeps its settings)"
+            )
+    values.update(out=str(out), resume=True, overwrite=False)
+    if given.get("cache_dir") is not None:
+        values["cache_dir"] = given["cache_dir"]
+    return RunConfig(**values)
 
 
 def summary_table(members: pd.DataFrame, report: PopulationReport) -> str:

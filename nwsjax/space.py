@@ -246,6 +246,8 @@ def sample_members(
     """
     if count < 1:
         raise ConfigError(f"members={count}: need at least 1 member")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"--seed {seed}: must be an integer >= 0, e.g. --seed 0")
     if not datasets:
         raise ConfigError("no dataset given; pass at least one, e.g. --dataset digits")
     fixed = dict(FIXED_ARCHITECTURE) if fixed_architecture else {}

@@ -11,6 +11,9 @@ Layout of a zoo folder (format ``nwsjax-zoo``, version 1)::
                         (``part``, ``row``)
     curves.parquet      one row per member and epoch: lrate, train_loss, train_acc,
                         val_acc, test_acc, steps
+    snapshots/<cohort>/part-NNNNN.rows-P.json
+                        the members-table rows and curves of the part's members
+                        written by process P (one file per process)
     snapshots/<cohort>/part-NNNNN/
                         an Orbax checkpoint of ``{"params": ..., "batch_stats": ...}``
                         whose leaves are ``[members_in_part, K, *shape]``: row ``row``
@@ -40,7 +43,7 @@ from nwsjax.errors import ZooError
 from nwsjax.model import Architecture, Segment, flatten, layout
 from nwsjax.space import PROPERTY_NAMES
 
-__all__ = ["FORMAT", "VERSION", "ZooWriter", "Zoo", "open_zoo", "snapshot_exports"]
+__all__ = ["FORMAT", "VERSION", "ZooWriter", "Zoo", "open_zoo", "read_info", "snapshot_exports"]
 
 FORMAT = "nwsjax-zoo"
 VERSION = 1
@@ -97,43 +100,119 @@ def software_versions() -> dict[str, str]:
 
 
 class ZooWriter:
-    """Writes a zoo while its population trains.
+    """Writes a zoo while its population trains, one committed part at a time.
 
     Members arrive one at a time (:meth:`add_member`) as they finish; they are
     buffered per cohort and written as Orbax checkpoints of ``members_per_part``
-    members. :meth:`close` writes the tables and marks the zoo complete.
+    members. A part is *committed* once its Orbax folder is final (Orbax writes into a
+    temporary folder and renames it when done); its members-table rows and curves are
+    written just before, atomically, as ``part-NNNNN.rows-P.json`` beside it (P: the
+    writing process). What a killed run leaves behind is therefore a set of committed
+    parts plus, at most, uncommitted leftovers, which attaching to the zoo again
+    removes: that is what ``--resume`` does. :meth:`close` gathers the tables from the
+    committed parts and marks the zoo complete.
+
+    Several processes (a multi-host run) write one zoo together through Orbax's
+    multi-host checkpointing: a cohort's parts are written when every process has
+    finished its share of the cohort (:meth:`flush_cohort`, collective), each part one
+    global array whose rows ``[p * m, (p + 1) * m)`` are process ``p``'s members
+    (``m = members_per_part``, unused rows zero), each process writing its own rows.
+
+    Args:
+      path: the zoo folder.
+      run_config: given, a new zoo is started (zoo.json written, status "running");
+        None, the writer attaches to the running zoo at ``path`` (a resumed run, or a
+        process other than 0 of a multi-host run) and takes over its committed parts.
+      members_per_part: members (per process) per Orbax checkpoint.
+      process, processes: this process's index and the number of processes.
     """
 
-    def __init__(self, path: str | os.PathLike, run_config: Mapping[str, Any], *, members_per_part: int = 16):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        run_config: Mapping[str, Any] | None = None,
+        *,
+        members_per_part: int = 16,
+        process: int = 0,
+        processes: int = 1,
+    ):
         import orbax.checkpoint as ocp
 
         self.path = Path(path)
         self.members_per_part = members_per_part
-        (self.path / "snapshots").mkdir(parents=True, exist_ok=True)
+        self.process, self.processes = process, processes
         self.work = self.path / "work"
+        if run_config is not None:
+            (self.path / "snapshots").mkdir(parents=True, exist_ok=True)
+            self.info = {
+                "format": FORMAT,
+                "version": VERSION,
+                "status": "running",
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "config": dict(run_config),
+                "versions": software_versions(),
+            }
+            _write_json(self.path / "zoo.json", self.info)
+        else:
+            self.info = read_info(self.path, running=True)
         self.work.mkdir(exist_ok=True)
-        self.info = {
-            "format": FORMAT,
-            "version": VERSION,
-            "status": "running",
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "config": dict(run_config),
-            "versions": software_versions(),
-        }
-        _write_json(self.path / "zoo.json", self.info)
         self._checkpointer = ocp.StandardCheckpointer()
         self._buffers: dict[str, list] = {}
-        self._parts: dict[str, int] = {}
-        self._records: list[dict] = []
-        self._curves: list[dict] = []
+        self._next_part: dict[str, int] = {}
+        self.committed_epochs = 0
+        self.committed = self._take_over()
+        self._written = 0
+        self._epochs = 0
+        self._faults: dict[str, int] = {}
+
+    # -- what is on disk ---------------------------------------------------------------
+    def _take_over(self) -> set[int]:
+        """Removes uncommitted leftovers; returns the committed member ids.
+
+        Every process sees the same committed parts; each removes its own orphaned rows
+        files, process 0 the temporary folders of unfinished checkpoints.
+        """
+        committed: set[int] = set()
+        for sidecar in sorted(self.path.glob("snapshots/*/part-*.rows-*.json")):
+            part_dir = _part_dir(sidecar)
+            if part_dir.is_dir():
+                rows = _read_sidecar(sidecar)
+                committed.update(int(r["member"]) for r in rows["members"])
+                self.committed_epochs += len(rows["curves"])
+                number, cohort = int(part_dir.name.split("-")[1]), part_dir.parent.name
+                self._next_part[cohort] = max(self._next_part.get(cohort, 0), number + 1)
+            elif sidecar.name.endswith(f".rows-{self.process}.json"):
+                sidecar.unlink()  # its checkpoint never committed: its members train again
+        if self.process == 0:
+            for leftover in self.path.glob("snapshots/*/part-*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        return committed
+
+    def _fault(self, point: str) -> None:
+        """Kills this process with SIGKILL at ``point`` when ``NWSJAX_KILL_AT`` asks for it.
+
+        A hook for the interruption tests: ``NWSJAX_KILL_AT=part-save-started:2`` kills
+        the process right after it started writing its second part (the write still in
+        flight), exactly as ``kill -9`` would. Unset (always, outside those tests), nothing.
+        """
+        spec = os.environ.get("NWSJAX_KILL_AT", "")
+        if not spec.startswith(point + ":"):
+            return
+        self._faults[point] = self._faults.get(point, 0) + 1
+        if self._faults[point] == int(spec.split(":")[1]):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
 
     @property
-    def members_written(self) -> int:
-        return len(self._records)
+    def members_added(self) -> int:
+        """Members added through this writer (not counting those committed before it started)."""
+        return self._written
 
     @property
     def epochs_recorded(self) -> int:
-        return len(self._curves)
+        """Epochs of the members added through this writer."""
+        return self._epochs
 
     def spill_path(self, member: int) -> Path:
         """A scratch file for one member's exports while it trains."""
@@ -152,48 +231,120 @@ class ZooWriter:
         """
         params, batch_stats = snapshots if isinstance(snapshots, tuple) else (snapshots["params"], snapshots["batch_stats"])
         record = dict(record, num_classes=arch.num_classes)
-        self._buffers.setdefault(cohort, []).append((record, params, batch_stats))
-        self._curves.extend(curves)
-        if len(self._buffers[cohort]) >= self.members_per_part:
+        self._buffers.setdefault(cohort, []).append((record, {"params": params, "batch_stats": batch_stats}, list(curves)))
+        self._written += 1
+        self._epochs += len(curves)
+        if self.processes == 1 and len(self._buffers[cohort]) >= self.members_per_part:
             self.flush_cohort(cohort)
 
-    def flush_cohort(self, cohort: str) -> None:
-        """Writes the buffered members of ``cohort`` as one Orbax checkpoint (async)."""
+    def flush_cohort(self, cohort: str, like=None) -> None:
+        """Writes the buffered members of ``cohort`` as parts: their rows, then the Orbax checkpoints (async).
+
+        With several processes this is collective: every process calls it once per
+        cohort, in the same order, after training its share; ``like`` (a tree of
+        ``jax.ShapeDtypeStruct`` with leaves ``[K, *shape]``) gives the shapes to a
+        process that had no member of the cohort.
+        """
+        buffered = self._buffers.pop(cohort, [])
+        if self.processes == 1:
+            if buffered:
+                self._write_part(cohort, buffered, None)
+            return
+        from jax.experimental import multihost_utils
+
+        counts = multihost_utils.process_allgather(np.int64(len(buffered)))
+        m = self.members_per_part
+        for j in range(-(-int(np.max(counts)) // m)):
+            self._write_part(cohort, buffered[j * m : (j + 1) * m], like)
+
+    def _write_part(self, cohort: str, buffered: list, like) -> None:
         import jax
 
-        buffered = self._buffers.pop(cohort, [])
-        if not buffered:
-            return
-        number = self._parts.get(cohort, 0)
-        self._parts[cohort] = number + 1
-        part = f"snapshots/{cohort}/part-{number:05d}"
-        stack = lambda *xs: np.stack(xs)  # noqa: E731
-        tree = {
-            "params": jax.tree.map(stack, *[b[1] for b in buffered]),
-            "batch_stats": jax.tree.map(stack, *[b[2] for b in buffered]),
+        counter = self._next_part.get(cohort, 0)
+        self._next_part[cohort] = counter + 1
+        part = f"snapshots/{cohort}/part-{counter:05d}"
+        (self.path / part).parent.mkdir(parents=True, exist_ok=True)
+        first = self.process * self.members_per_part if self.processes > 1 else 0
+        rows = {
+            "members": [dict(record, part=part, row=first + row) for row, (record, *_) in enumerate(buffered)],
+            "curves": [c for *_, curves in buffered for c in curves],
         }
+        if buffered:
+            tree = jax.tree.map(lambda *xs: np.stack(xs), *[b[1] for b in buffered])
+        else:
+            tree = jax.tree.map(lambda x: np.zeros((0, *x.shape), x.dtype), like)
+        if self.processes > 1:
+            tree = jax.tree.map(self._global_rows, tree)
+        _write_json(self.path / f"{part}.rows-{self.process}.json", rows)
+        self._fault("part-rows-written")
         self._checkpointer.save((self.path / part).absolute(), tree)
-        for row, (record, _, _) in enumerate(buffered):
-            self._records.append(dict(record, part=part, row=row))
+        self._fault("part-save-started")
+
+    def _global_rows(self, local: np.ndarray):
+        """``local`` ``[n <= m, ...]`` as this process's block of a global ``[P * m, ...]`` array."""
+        import jax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        m = self.members_per_part
+        block = np.zeros((m, *local.shape[1:]), local.dtype)
+        block[: len(local)] = local
+        devices = [jax.local_devices(process_index=p)[0] for p in range(self.processes)]
+        sharding = NamedSharding(Mesh(np.array(devices), ("process",)), PartitionSpec("process"))
+        shard = jax.device_put(block, devices[self.process])
+        return jax.make_array_from_single_device_arrays((self.processes * m, *local.shape[1:]), sharding, [shard])
 
     def wait(self) -> None:
-        """Writes what is buffered, waits for the snapshot writes, writes the tables."""
-        for cohort in list(self._buffers):
-            self.flush_cohort(cohort)
+        """Writes what is buffered and waits until every part of this process is committed.
+
+        (With several processes, cohorts are flushed collectively as they end, so nothing
+        is left buffered here.)
+        """
+        if self.processes == 1:
+            for cohort in list(self._buffers):
+                self.flush_cohort(cohort)
+        if self._buffers:
+            raise RuntimeError(f"cohorts never flushed: {sorted(self._buffers)}")
         self._checkpointer.wait_until_finished()
-        members = pd.DataFrame(self._records).set_index("member").sort_index()
+
+    def close(self, expected: int | None = None, **summary) -> None:
+        """Writes the tables from every committed part and marks the zoo complete.
+
+        Call after :meth:`wait` (of every process); in a multi-host run, process 0 only.
+        ``expected``: the population size; fewer members on disk is an error.
+        ``summary`` is recorded in zoo.json.
+        """
+        self._checkpointer.close()
+        records, curves = [], []
+        for sidecar in sorted(self.path.glob("snapshots/*/part-*.rows-*.json")):
+            if _part_dir(sidecar).is_dir():
+                rows = _read_sidecar(sidecar)
+                records += rows["members"]
+                curves += rows["curves"]
+        members = pd.DataFrame(records)
+        if expected is not None and len(members) != expected:
+            raise ZooError(f"{self.path}: {len(members)} of {expected} members committed; resume the run with --resume")
+        if len(members):
+            members = members.set_index("member").sort_index()
         _write_parquet(self.path / "members.parquet", members)
-        curves = pd.DataFrame(self._curves)
+        curves = pd.DataFrame(curves)
         if len(curves):
             curves = curves.sort_values(["member", "epoch"]).reset_index(drop=True)
         _write_parquet(self.path / "curves.parquet", curves)
-
-    def close(self, **summary) -> None:
-        """Marks the zoo complete (after :meth:`wait`), recording ``summary`` in zoo.json."""
-        self._checkpointer.close()
         shutil.rmtree(self.work, ignore_errors=True)
         self.info.update(summary, status="complete")
         _write_json(self.path / "zoo.json", self.info)
+
+
+def _part_dir(sidecar: Path) -> Path:
+    """The checkpoint folder a rows file belongs to: ``part-00003.rows-1.json`` -> ``part-00003``."""
+    return sidecar.with_name(sidecar.name.split(".")[0])
+
+
+def _read_sidecar(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ZooError(f"{path}: unreadable ({err.__class__.__name__}); the zoo is corrupt, retrain it") from None
 
 
 class Zoo:
@@ -218,7 +369,7 @@ class Zoo:
     @functools.cached_property
     def curves(self) -> pd.DataFrame:
         """Per-epoch curves: one row per member and epoch."""
-        return pd.read_parquet(self.path / "curves.parquet")
+        return _read_table(self.path / "curves.parquet")
 
     @property
     def properties(self) -> tuple[str, ...]:
@@ -260,8 +411,15 @@ class Zoo:
         directory = (self.path / part).absolute()
         if not directory.is_dir():
             raise ZooError(f"{directory}: snapshot checkpoint missing; the zoo is incomplete, retrain or restore it")
+        import jax
+
+        # Restored onto this process's first device whatever the devices that wrote it
+        # (a multi-host part is a global array over one device per writing process).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         with ocp.StandardCheckpointer() as checkpointer:
-            return checkpointer.restore(directory)
+            stored = checkpointer.metadata(directory).item_metadata
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+            return checkpointer.restore(directory, target)
 
     def _gather(self, ids: Sequence[int], snapshot: int, collection: str):
         """Stacked ``collection`` trees of ``ids`` at ``snapshot``: leaves ``[len(ids), *shape]``."""
@@ -318,11 +476,11 @@ class Zoo:
         return vectors
 
 
-def open_zoo(path: str | os.PathLike) -> Zoo:
-    """Opens a zoo folder written by the population trainer.
+def read_info(path: str | os.PathLike, *, running: bool = False) -> dict:
+    """zoo.json of the zoo at ``path``, checked: format, version and status.
 
-    Raises ZooError (one line, with the fix) when the folder is not a zoo, is still
-    being written, is of another format version, or lacks its tables.
+    ``running``: the zoo must still be being written (to resume it) instead of complete.
+    Raises ZooError (one line, with the fix) otherwise.
     """
     path = Path(path)
     info_path = path / "zoo.json"
@@ -332,19 +490,45 @@ def open_zoo(path: str | os.PathLike) -> Zoo:
         raise ZooError(f"{path}: not a zoo (no zoo.json); pass the --out folder of a population run")
     try:
         info = json.loads(info_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        if not isinstance(info, dict):
+            raise ValueError
+    except (OSError, ValueError) as err:
         raise ZooError(f"{info_path}: unreadable ({err.__class__.__name__}); the zoo is corrupt, retrain it") from None
     if info.get("format") != FORMAT:
         raise ZooError(f"{path}: format {info.get('format')!r} is not {FORMAT!r}; for NWS CSVs use nwsjax.formats")
     if info.get("version") != VERSION:
         raise ZooError(f"{path}: zoo format version {info.get('version')} is not {VERSION}; use the nwsjax version that wrote it")
-    if info.get("status") != "complete":
-        raise ZooError(f"{path}: the run that writes this zoo has not finished (status {info.get('status')!r}); wait for it or resume it")
-    members_path = path / "members.parquet"
-    if not members_path.is_file():
-        raise ZooError(f"{path}: members.parquet missing; the zoo is incomplete, retrain it")
-    try:
-        members = pd.read_parquet(members_path)
-    except Exception as err:  # pyarrow raises several types for corrupt files
-        raise ZooError(f"{members_path}: unreadable ({err.__class__.__name__}); the zoo is corrupt, retrain it") from None
+    status = info.get("status")
+    if running and status != "running":
+        raise ZooError(f"{path}: the zoo is {status!r}, not an interrupted run; there is nothing to resume")
+    if not running and status != "complete":
+        raise ZooError(
+            f"{path}: the run that writes this zoo has not finished (status {status!r}); "
+            "wait for it, or if it was killed, continue it with population.py --resume --out " + str(path)
+        )
+    return info
+
+
+def open_zoo(path: str | os.PathLike) -> Zoo:
+    """Opens a zoo folder written by the population trainer.
+
+    Raises ZooError (one line, with the fix) when the folder is not a zoo, is still
+    being written, is of another format version, or lacks its tables.
+    """
+    path = Path(path)
+    info = read_info(path)
+    members = _read_table(path / "members.parquet")
+    if "part" in members:
+        missing = [part for part in members.part.unique() if not (path / part).is_dir()]
+        if missing:
+            raise ZooError(f"{path / missing[0]}: snapshot checkpoint missing; the zoo is incomplete, retrain or restore it")
     return Zoo(path, info, members)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise ZooError(f"{path.parent}: {path.name} missing; the zoo is incomplete, retrain it")
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for corrupt files
+        raise ZooError(f"{path}: unreadable ({err.__class__.__name__}); the zoo is corrupt, retrain it") from None

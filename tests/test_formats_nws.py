@@ -11,6 +11,8 @@ import pytest
 from nwsjax.errors import ConfigError, ZooError
 from nwsjax.formats import nws
 
+from format_files import NWS_COLUMNS, write_nws_lists, write_nws_network
+
 K = 3
 # Architecture f3-c3-d2-w4-u64 with batch norm, written out by hand from the reference:
 # (layer, kernel shape or None for a batch-norm layer, width), in build order.
@@ -80,31 +82,22 @@ def write_nws(root: pathlib.Path, classes: int = 20, n_exports: int = 7) -> dict
     rows, vectors, trees, errors = [], [], [], []
     for i, props in enumerate(ROWS):
         folder = root / "data" / f"net{i}"
-        (folder / "weights").mkdir(parents=True)
         snaps = []
-        for k in range(1, K + 1):
+        for _ in range(K):
             tree = reference_tree(rng, classes)
             vector, n_conv = reference_flatten(tree)
-            vector.astype(np.float64).tofile(folder / "weights" / f"{k:03d}.bin")
             snaps.append(vector)
             trees.append(tree)
         vectors.append(snaps)
         error = np.column_stack([np.arange(n_exports + 2) * 10.0, rng.uniform(0, 90, (n_exports + 2, 4))])
-        error.tofile(folder / "error.bin")  # two rows past the exports: trimmed by stat.bin
+        # two error rows past the exports: trimmed by stat.bin
+        write_nws_network(folder, snaps, error, [n_exports, 10.0 * (n_exports - 1), n_exports - 1, 12.5])
         errors.append(error[:n_exports])
-        np.array([n_exports, 10.0 * (n_exports - 1), n_exports - 1, 12.5]).tofile(folder / "stat.bin")
         path = f"data/net{i}" if i < 2 else str(folder.absolute())
         lengths = {"weightn_conv": n_conv, "weightn_fc": len(vector) - n_conv}
         rows.append({**props, **ARCH, **lengths, "path": path})
-    columns = list(nws.CSV_COLUMNS)
-    pd.DataFrame(rows[:2], columns=columns).to_csv(root / "nws_train.csv", index=False)
-    pd.DataFrame(rows[2:], columns=columns).to_csv(root / "nws_test.csv", index=False)
-    return {
-        "csv": {"train": root / "nws_train.csv", "test": root / "nws_test.csv"},
-        "vectors": np.asarray(vectors),
-        "trees": trees,
-        "errors": errors,
-    }
+    csv = write_nws_lists(root, {"train": rows[:2], "test": rows[2:]})
+    return {"csv": csv, "vectors": np.asarray(vectors), "trees": trees, "errors": errors}
 
 
 @pytest.fixture
@@ -124,6 +117,7 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 
 
 def test_members_map_indices_to_option_names_and_keep_the_split(written):
+    assert NWS_COLUMNS == list(nws.CSV_COLUMNS)  # the test writer's columns are the released ones
     zoo = nws.open([written["csv"]["train"], written["csv"]["test"]])
     members = zoo.members
     assert list(members.index) == [0, 1, 2] and members.index.name == "member"

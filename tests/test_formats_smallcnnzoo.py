@@ -12,6 +12,8 @@ import pytest
 from nwsjax.errors import ConfigError, ZooError
 from nwsjax.formats import smallcnnzoo
 
+from format_files import write_layout
+
 # (variable, shape) in the order the released weights.npy stores them
 VARIABLES = [
     ("sequential/conv2d/bias:0", (2,)),
@@ -42,15 +44,7 @@ def write_small_zoo(folder: pathlib.Path, seed: int = 0, dataset: str = "mnist")
     """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
-    starts = np.cumsum([0] + [int(np.prod(s)) for _, s in VARIABLES])
-    pd.DataFrame(
-        {
-            "varname": [v for v, _ in VARIABLES],
-            "start_idx": starts[:-1],
-            "end_idx": starts[1:],
-            "shape": [str(s) for _, s in VARIABLES],
-        }
-    ).to_csv(folder / "layout.csv")  # with its index column, which readers ignore
+    write_layout(folder, VARIABLES)
     records = []
     for n, config in enumerate(CONFIGS):
         steps = STEPS if n < 3 else STEPS[:2]

@@ -439,6 +439,26 @@ def test_unit_stream_pads_mixed_architectures(mixed_zoo):
     np.testing.assert_allclose(apply(variables, batch.x, batch.position), apply(variables, padded, batch.position), rtol=1e-5)
 
 
+def test_unit_tokens_are_cached_without_changing_batches(mixed_zoo):
+    """Tokens come from the token cache after the first epoch; batches are the same whatever its budget."""
+    ids = mixed_zoo.members.index.to_numpy()
+    samples = D.Samples(np.repeat(ids, 2), np.tile([1, 3], len(ids)), np.zeros(2 * len(ids), np.int32))
+    one = unit_count(DEEPER) * (UNIT_FEATURES + 1) * 4  # bytes of one sample's tokens and layer numbers, at most
+    streams = [D.UnitStream(mixed_zoo, WeightReader(mixed_zoo, cache_bytes=0), samples, "whole", batch_size=3,
+                            buffer_bytes=1 << 20, token_cache_bytes=budget) for budget in (0, 5 * one, 1 << 30)]
+    for epoch in range(2):
+        got = [list(s.train_epoch(np.random.default_rng(epoch))) for s in streams]
+        for batches in got[1:]:
+            assert len(batches) == len(got[0]) == len(samples) // 3
+            for a, b in zip(got[0], batches):
+                np.testing.assert_array_equal(a.x, b.x)
+                np.testing.assert_array_equal(a.position, b.position)
+                np.testing.assert_array_equal(a.index, b.index)
+    reads = [s.reader.counters["reads"] for s in streams]
+    assert reads[0] == 2 * len(samples) and reads[2] == len(samples)  # no cache: read twice; all cached: once
+    assert len(samples) < reads[1] < 2 * len(samples) and streams[1].cached_bytes <= 5 * one
+
+
 def _fit_and_test(zoo, model, target_name, length, epochs=3, lrate=3e-3, part="whole", **options):
     target = D.resolve_targets(target_name, zoo)[0][0]
     split = D.split_networks(zoo.members.index, seed=0, test_fraction=0.25, val_fraction=0.0)
@@ -458,7 +478,7 @@ def _fit_and_test(zoo, model, target_name, length, epochs=3, lrate=3e-3, part="w
 CONV = count_weights(SMALL)["conv"]  # the dmc test's slice length: the global test then reuses its compiled programs
 
 
-@pytest.mark.parametrize("model, length, epochs", [("dmc", CONV, 6), ("set", 128, 6), ("units", None, 6)])
+@pytest.mark.parametrize("model, length, epochs", [("dmc", CONV, 10), ("set", 128, 6), ("units", None, 6)])
 def test_models_learn_a_planted_class(planted_zoo, model, length, epochs):
     target, samples, fitted, single, stream = _fit_and_test(planted_zoo, model, "optimizer", length, epochs)
     assert fitted.steps == epochs * (len(samples["train"]) // 16)

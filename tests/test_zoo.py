@@ -101,13 +101,16 @@ def test_open_zoo_rejects_what_is_not_a_complete_zoo(tmp_path, mixed):
 
 
 def test_population_larger_than_memory_trains_in_fewer_slots(tmp_path, mixed):
-    """A budget below one cohort's measured footprint: fewer members at once, same results."""
+    """A budget below one cohort's measured footprint: fewer members at once, same results.
+
+    All 5 members would fit in 5 slots; the budget leaves the fewest a looped strategy
+    keeps (2, see ``_Cohort``), the width the ``mixed`` zoo trained at: same weights, bitwise.
+    """
     zoo, members, _, datasets = mixed
     tight, report = train_zoo(tmp_path / "tight", members, datasets, epochs=2, snapshots=3, memory_budget=1.0)
     (label,) = report.slots
-    assert report.slots[label] == 1 and report.footprint_bytes[label] > 0
+    assert report.slots[label] == 2 and report.footprint_bytes[label] > 0
     assert set(tight.members.status) == {"finished"} and len(tight.members) == 5
-    # One slot removes the member loop (trip count 1), so XLA fuses differently: float32 apart.
     for snapshot in (1, 3):
-        np.testing.assert_allclose(np.stack(tight.flat(range(5), snapshot=snapshot)),
-                                   np.stack(zoo.flat(range(5), snapshot=snapshot)), rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(np.stack(tight.flat(range(5), snapshot=snapshot)),
+                                      np.stack(zoo.flat(range(5), snapshot=snapshot)))

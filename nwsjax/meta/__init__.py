@@ -5,11 +5,12 @@ The public surface:
 * :func:`run_meta` with :class:`MetaConfig`: a whole run (targets x models, analyses,
   report folder); ``experiments/meta.py`` is its command line.
 * Data (:mod:`nwsjax.meta.data`): :class:`Target`, :func:`resolve_targets`,
-  :func:`split_networks`, :func:`balance`, :func:`make_samples`, :class:`SliceSpec`,
+  :func:`split_networks`, :func:`split_given` (a zoo's own test side), :func:`balance`, :func:`make_samples`, :class:`SliceSpec`,
   :class:`SliceStream`, :class:`UnitStream`, slice helpers (:func:`slice_bounds`, :func:`draw_starts`,
   :func:`even_starts`, :func:`take_slices`).
 * Reading (:mod:`nwsjax.meta.reader`): :class:`WeightReader`, streaming flattened
-  vectors out of a zoo's Orbax snapshots.
+  vectors out of a zoo's Orbax snapshots (or, for the public formats of
+  :mod:`nwsjax.formats`, with ``zoo.flat``).
 * Models (:mod:`nwsjax.meta.models`): :class:`DMC` (the reference's local deep
   meta-classifier; its deep variant is the global model), ours: :class:`SliceSet`
   (sets of slices) and :class:`UnitSet` (per-unit tokens, :func:`unit_tokens`), and
@@ -35,6 +36,7 @@ from nwsjax.meta.data import (
     parse_snapshots,
     resolve_targets,
     slice_bounds,
+    split_given,
     split_networks,
     take_slices,
 )
@@ -72,6 +74,7 @@ __all__ = [
     "resolve_targets",
     "run_meta",
     "slice_bounds",
+    "split_given",
     "split_networks",
     "take_slices",
     "throughput",

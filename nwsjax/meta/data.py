@@ -9,7 +9,9 @@ Words used throughout (one name per concept):
 
 The pipeline streams: a :class:`SliceStream` reads vectors with a
 :class:`~nwsjax.meta.reader.WeightReader` part by part, cuts slices into a bounded
-shuffle buffer and yields batches from it (docs/meta.md states the memory bound).
+shuffle buffer (or straight from the vector cache) and yields batches;
+:class:`UnitStream` does the same with per-unit tokens of whole networks
+(docs/meta.md states the memory bound).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import weakref
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 
@@ -26,19 +29,23 @@ import pandas as pd
 from nwsjax.errors import ConfigError
 from nwsjax.meta.reader import WeightReader
 from nwsjax.space import PROPERTIES, PROPERTY_NAMES
-from nwsjax.zoo import Zoo
+from nwsjax.zoo import Zoo, snapshot_exports
 
 __all__ = [
     "TARGETS",
     "REGRESSION",
+    "MAX_CLASSES",
     "PARTS",
     "Target",
     "Samples",
     "SliceSpec",
     "Split",
+    "target_names",
     "resolve_targets",
+    "accuracy_table",
     "parse_snapshots",
     "split_networks",
+    "split_given",
     "balance",
     "labels",
     "make_samples",
@@ -48,6 +55,7 @@ __all__ = [
     "take_slices",
     "SliceStream",
     "UnitStream",
+    "network_layouts",
     "prefetch",
     "rng_for",
 ]
@@ -73,11 +81,11 @@ class Target:
     """What a meta-model predicts.
 
     Attributes:
-      name: a property column (``"optimizer"``), or ``"test_acc"``, the network's own
-        test accuracy at the sampled snapshot.
+      name: a property column (``"optimizer"``; for a Small CNN Zoo a ``config.*``
+        column), or ``"test_acc"``, the network's own test accuracy at the sampled snapshot.
       kind: ``"classification"`` or ``"regression"``.
-      classes: option values present in the zoo, in the reference table's order
-        (classification only); label ``c`` means ``classes[c]``.
+      classes: values present in the zoo, options in the reference table's order, then
+        other values sorted (classification only); label ``c`` means ``classes[c]``.
     """
 
     name: str
@@ -89,44 +97,76 @@ class Target:
         return len(self.classes) if self.kind == "classification" else 1
 
 
+MAX_CLASSES = 20  # a numeric column of a format zoo with more distinct values is a regression target
+_FORMAT_NAMES = {"nws": "this NWS zoo", "smallcnnzoo": "this Small CNN Zoo"}
+
+
+def target_names(zoo: Zoo) -> tuple[str, ...]:
+    """The targets ``zoo`` can have: its label columns (``zoo.properties``: our 13
+    properties; a Small CNN Zoo's ``config.*`` columns), then ``test_acc``."""
+    return (*getattr(zoo, "properties", PROPERTY_NAMES), "test_acc")
+
+
 def resolve_targets(spec: str | Sequence[str], zoo: Zoo) -> tuple[list[Target], dict[str, str]]:
     """Targets named by ``spec`` (``"optimizer,lrate"``, ``"all"``) for ``zoo``.
 
+    ``lrate``, ``test_acc`` and, for a format zoo, numeric columns of more than
+    :data:`MAX_CLASSES` values are regression targets; other columns classification
+    targets over the values present.
+
     Returns:
       the targets, and ``{name: reason}`` for targets of ``"all"`` that were skipped
-      because the zoo holds a single class of them (a target named explicitly raises).
+      (one class in the zoo, no test accuracy, a random seed); a target named
+      explicitly raises ConfigError instead, as does a name the zoo does not have
+      (the message lists the ones it has).
     """
+    choices = target_names(zoo)
+    choose = f"choose one or more of {', '.join(choices)}, or all"
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
-        raise ConfigError(f"no target given; choose one or more of {', '.join(TARGETS)}, or all")
+        raise ConfigError(f"no target given; {choose}")
     explicit = "all" not in names
     if not explicit:
-        names = list(TARGETS)
-    unknown = [n for n in names if n not in TARGETS]
+        names = list(choices)
+    unknown = [n for n in names if n not in choices]
     if unknown:
-        raise ConfigError(f"unknown target {unknown[0]!r}; choose one or more of {', '.join(TARGETS)}, or all")
+        if unknown[0] in TARGETS:  # one of ours that this zoo does not record
+            where = _FORMAT_NAMES.get(zoo.info.get("format"), "this zoo")
+            raise ConfigError(f"target {unknown[0]!r}: {where} does not record it; {choose}")
+        raise ConfigError(f"unknown target {unknown[0]!r}; {choose}")
     targets, skipped = [], {}
     for name in dict.fromkeys(names):
-        if name == "test_acc" and ("snapshot_exports" not in zoo.members.columns or not len(zoo.curves)):
-            reason = "the zoo has no per-epoch curves (curves.parquet) or snapshot_exports"
-            if explicit:
-                raise ConfigError(f"target test_acc: {reason}; use a zoo written by the population trainer")
-            skipped[name] = reason
-            continue
-        if name in REGRESSION:
-            targets.append(Target(name, "regression"))
-            continue
-        present = set(zoo.members[name].tolist())
-        options = PROPERTIES[name].options
-        classes = tuple(o for o in options if o in present) + tuple(sorted(present - set(options), key=str))
-        if len(classes) < 2:
-            reason = f"one class in this zoo ({classes[0] if classes else 'none'!s})"
-            if explicit:
-                raise ConfigError(f"target {name}: {reason}; nothing to classify, pick another target")
-            skipped[name] = reason
-            continue
-        targets.append(Target(name, "classification", classes))
+        target, reason = _target(zoo, name)
+        if reason is None and not explicit and name.endswith("seed"):
+            reason = "a random seed, not a training choice"
+        if reason is None:
+            targets.append(target)
+        elif explicit:
+            raise ConfigError(f"target {name}: {reason}")
+        else:
+            skipped[name] = reason.split("; ")[0]
     return targets, skipped
+
+
+def _target(zoo: Zoo, name: str) -> tuple[Target | None, str | None]:
+    """The target ``name`` of ``zoo``, or None and why it cannot be one."""
+    if name == "test_acc":
+        reason = _accuracy_missing(zoo)
+        return (None, reason) if reason else (Target(name, "regression"), None)
+    column = zoo.members[name]
+    if name in REGRESSION or (name not in PROPERTIES and _continuous(column)):
+        return Target(name, "regression"), None
+    present = {v for v in column.tolist() if not pd.isna(v)}
+    options = PROPERTIES[name].options if name in PROPERTIES else ()
+    classes = tuple(o for o in options if o in present) + tuple(sorted(present - set(options), key=str))
+    if len(classes) < 2:
+        return None, f"one class in this zoo ({classes[0] if classes else 'none'!s}); nothing to classify, pick another target"
+    return Target(name, "classification", classes), None
+
+
+def _continuous(column: pd.Series) -> bool:
+    numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+    return numeric and column.nunique() > MAX_CLASSES
 
 
 def labels(zoo: Zoo, target: Target, members: np.ndarray, snapshots: np.ndarray) -> np.ndarray:
@@ -141,21 +181,52 @@ def labels(zoo: Zoo, target: Target, members: np.ndarray, snapshots: np.ndarray)
     return np.array([index.get(v, -1) for v in values.tolist()], np.int32)
 
 
-def _snapshot_accuracy(zoo: Zoo, members: np.ndarray, snapshots: np.ndarray) -> np.ndarray:
-    """Test accuracy of each network at each snapshot (from curves.parquet); NaN where unmeasured.
+def _accuracy_missing(zoo: Zoo) -> str | None:
+    """Why ``zoo`` has no test accuracy per snapshot, or None when it has one."""
+    fmt = zoo.info.get("format")
+    if fmt == "nws":
+        return None  # error.bin of every network (read when the labels are made)
+    if fmt == "smallcnnzoo":
+        if "test_accuracy" in zoo.curves.columns:
+            return None
+        return "metrics.csv.gz has no test_accuracy column"
+    if "snapshot_exports" not in zoo.members.columns or not len(zoo.curves):
+        return ("the zoo has no per-epoch curves (curves.parquet) or snapshot_exports; "
+                "use a zoo written by the population trainer")
+    return None
 
-    Snapshot ``j`` of a network is its export ``snapshot_exports[j-1]``; export 1 is the
-    initialization (never evaluated), export ``e > 1`` the weights after epoch ``e - 1``.
+
+def accuracy_table(zoo: Zoo) -> pd.Series:
+    """Test accuracy of every network at every snapshot: float ``Series`` indexed by
+    ``(member, snapshot)``, NaN where unmeasured.
+
+    * Small CNN Zoo: the checkpoints are the snapshots; their ``test_accuracy``.
+    * Our zoos and NWS: curves per epoch. Snapshot ``j`` is export
+      ``snapshot_exports[j-1]`` (ours: the members table's; NWS: the reference's
+      ``round(linspace(1, exports, K))`` with stat.bin's number of exports); export 1
+      is the initialization (our trainer never evaluates it), export ``e`` the
+      weights after epoch ``e - 1``.
     """
-    table = zoo.members
-    curves = zoo.curves.set_index(["member", "epoch"])["test_acc"]
-    out = np.full(len(members), np.nan, np.float32)
-    exports = table["snapshot_exports"]
-    for i, (member, snapshot) in enumerate(zip(members.tolist(), snapshots.tolist())):
-        epoch = int(exports.loc[member][snapshot - 1]) - 1
-        if epoch >= 1:
-            out[i] = curves.get((member, epoch), np.nan)
-    return out
+    curves, k = zoo.curves, zoo.num_snapshots
+    if "snapshot" in curves.columns:
+        return curves.set_index(["member", "snapshot"])["test_accuracy"].astype(np.float64)
+    if "snapshot_exports" in zoo.members.columns:
+        exports = [np.asarray(e, np.int64) for e in zoo.members["snapshot_exports"]]
+    else:  # NWS: stat.bin's export count, else the rows of error.bin
+        counts = zoo.stats["exports"].astype(np.float64).fillna(curves.groupby("member").size())
+        exports = [snapshot_exports(int(counts[m]), k) for m in zoo.members.index]
+    members = np.repeat(zoo.members.index.to_numpy(), k)
+    epochs = np.concatenate(exports) - 1 if exports else np.zeros(0, np.int64)
+    by_epoch = curves.set_index(["member", "epoch"])["test_acc"]
+    values = by_epoch.reindex(pd.MultiIndex.from_arrays([members, epochs])).to_numpy(np.float64)
+    snapshots = np.tile(np.arange(1, k + 1), len(zoo.members))
+    return pd.Series(values, index=pd.MultiIndex.from_arrays([members, snapshots], names=["member", "snapshot"]))
+
+
+def _snapshot_accuracy(zoo: Zoo, members: np.ndarray, snapshots: np.ndarray) -> np.ndarray:
+    """Test accuracy of each sample (``members[i]`` at ``snapshots[i]``), float32; NaN where unmeasured."""
+    index = pd.MultiIndex.from_arrays([np.asarray(members, np.int64), np.asarray(snapshots, np.int64)])
+    return accuracy_table(zoo).reindex(index).to_numpy(np.float32)
 
 
 # --------------------------------------------------------------------------- #
@@ -225,6 +296,26 @@ def split_networks(ids: Sequence[int], seed: int, test_fraction: float = 0.2, va
     if len(train) == 0 or len(test) == 0:
         raise ConfigError(f"{len(ids)} networks are too few to split into train and test; use a larger zoo")
     return Split(np.sort(train), np.sort(val), np.sort(test))
+
+
+def split_given(ids: Sequence[int], test: Sequence[int], seed: int, val_fraction: float = 0.1) -> Split:
+    """A split that keeps a given test side, e.g. a zoo's own (the NWS test CSV).
+
+    ``ids`` in ``test`` are the test networks; ``val_fraction`` of the others go to
+    validation by a permutation drawn from ``seed`` (as in :func:`split_networks`), the
+    rest to train.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"val_fraction={val_fraction}: must be in [0, 1)")
+    ids = np.sort(np.asarray(ids, np.int64))
+    is_test = np.isin(ids, np.asarray(test, np.int64))
+    order = rng_for(seed, "split").permutation(ids[~is_test])
+    n_val = int(round(val_fraction * len(order)))
+    val, train = order[:n_val], order[n_val:]
+    if len(train) == 0 or not is_test.any():
+        raise ConfigError(f"the given split has {len(train)} train and {int(is_test.sum())} test networks; "
+                          "both sides need networks")
+    return Split(np.sort(train), np.sort(val), ids[is_test])
 
 
 def balance(ids: np.ndarray, classes: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -432,7 +523,7 @@ class SliceStream:
             self.hi = self.lo.copy()
         self.shape, self.aux = (spec.count, self.length), (spec.count,)
         self.window = max(self.batch_size, int(buffer_bytes) // (4 * int(np.prod(self.shape))))
-        self.part_of = zoo.members.loc[samples.member, "part"].to_numpy()
+        self.part_of = reader.parts(samples.member)
 
     def example(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """Zero inputs ``(x, position)`` shaped like a batch of ``batch`` samples."""
@@ -493,8 +584,7 @@ class SliceStream:
         batch (no shuffle buffer, no wait); otherwise the window is made at once, reading
         the zoo part by part, into the shuffle buffer.
         """
-        members, snapshots = self.samples.member[window], self.samples.snapshot[window]
-        if self.reader.holds(members, snapshots):
+        if self._ready(window):
             return lambda rows: self._make(window[rows], starts[rows])
         x, position = self._make(window, starts)
         return lambda rows: (x[rows], position[rows])
@@ -506,6 +596,10 @@ class SliceStream:
         if rng is not None:
             groups = [rng.permutation(g) for g in (groups[i] for i in rng.permutation(len(groups)))]
         return np.concatenate(groups) if groups else np.zeros(0, np.int64)
+
+    def _ready(self, window: np.ndarray) -> bool:
+        """Whether the inputs of ``window`` can be made without reading the zoo."""
+        return self.reader.holds(self.samples.member[window], self.samples.snapshot[window])
 
     def _make(self, window: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Slices of the samples in ``window``, float32 ``[len(window), count, length]``, and their positions."""
@@ -520,32 +614,72 @@ class UnitStream(SliceStream):
 
     ``x`` is float32 ``[B, units, features]`` (:func:`nwsjax.meta.models.unit_tokens`),
     ``position`` each token's layer number, -1 for padding (``units`` is the most of
-    any network of the samples).
+    any network of the samples). Tokens do not change between epochs: they are kept
+    in a cache of at most ``token_cache_bytes`` (admitted until full, as the vector cache).
     """
 
     def __init__(self, zoo: Zoo, reader: WeightReader, samples: Samples, part: str, *,
-                 batch_size: int, buffer_bytes: int = 256 << 20):
+                 batch_size: int, buffer_bytes: int = 256 << 20, token_cache_bytes: int = 256 << 20):
         from nwsjax.meta.models import UNIT_FEATURES, unit_count
 
         self.zoo, self.reader, self.samples = zoo, reader, samples
         self.spec = SliceSpec(None, part, 1)
         self.batch_size = int(batch_size)
-        archs = {zoo.architecture(int(m)) for m in np.unique(samples.member)}
-        self.length = max(unit_count(arch, part) for arch in archs)
+        self.layouts = network_layouts(zoo, samples.member)
+        self.length = max(unit_count(segments, part) for segments in set(self.layouts.values()))
         self.shape, self.aux = (self.length, UNIT_FEATURES), (self.length,)
         self.lo = self.hi = np.zeros(len(samples), np.int64)
         self.window = max(self.batch_size, int(buffer_bytes) // (4 * int(np.prod(self.shape))))
-        self.part_of = zoo.members.loc[samples.member, "part"].to_numpy()
+        self.part_of = reader.parts(samples.member)
+        self.token_cache_bytes, self.cached_bytes = int(token_cache_bytes), 0
+        self._tokens: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _ready(self, window: np.ndarray) -> bool:
+        missing = np.asarray([i for i in window.tolist() if i not in self._tokens], np.int64)
+        return super()._ready(missing)
 
     def _make(self, window: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens of the samples in ``window`` (from the token cache, else made from their vectors)."""
         from nwsjax.meta.models import unit_tokens
 
         x, layer = np.zeros((len(window), *self.shape), np.float32), np.full((len(window), *self.aux), -1.0, np.float32)
-        members = self.samples.member[window]
-        for i, vector in self.reader.read(members, self.samples.snapshot[window]):
-            tokens, layers = unit_tokens(vector, self.zoo.architecture(int(members[i])), self.spec.part)
+        todo = []
+        for i, sample in enumerate(window.tolist()):
+            cached = self._tokens.get(sample)
+            if cached is None:
+                todo.append(i)
+            else:
+                x[i, : len(cached[0])], layer[i, : len(cached[0])] = cached
+        todo = np.asarray(todo, np.int64)
+        members = self.samples.member[window[todo]]
+        for j, vector in self.reader.read(members, self.samples.snapshot[window[todo]]):
+            i, member = todo[j], int(members[j])
+            tokens, layers = unit_tokens(vector, self.layouts[member], self.spec.part)
             x[i, : len(tokens)], layer[i, : len(tokens)] = tokens, layers
+            if self.cached_bytes + tokens.nbytes + layers.nbytes <= self.token_cache_bytes:
+                self._tokens[int(window[i])] = (tokens, layers)
+                self.cached_bytes += tokens.nbytes + layers.nbytes
         return x, layer
+
+
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # zoo -> {member: segments}
+
+
+def network_layouts(zoo: Zoo, members: Sequence[int]) -> dict[int, tuple]:
+    """``{member: its segments}`` (``zoo.layout``, as hashable tuples) of the distinct ``members``.
+
+    Works for every zoo whose members have a layout: ours, NWS networks of our
+    architecture family, and any Small CNN Zoo network. Layouts are looked up once per
+    zoo and member, and equal layouts share one tuple (a zoo has few).
+    """
+    known = _LAYOUTS.setdefault(zoo, {})
+    shared = {segments: segments for segments in {id(v): v for v in known.values()}.values()}
+    ids = np.unique(np.asarray(members, np.int64)).tolist()
+    for member in ids:
+        if member not in known:
+            segments = tuple(zoo.layout(member))
+            known[member] = shared.setdefault(segments, segments)
+    return {member: known[member] for member in ids}
 
 
 def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:

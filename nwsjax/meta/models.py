@@ -25,7 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nwsjax.model import Architecture, layout
+from collections.abc import Sequence
+
+from nwsjax.model import Architecture, Segment, layout
 
 __all__ = [
     "DMC",
@@ -215,30 +217,48 @@ UNIT_VALUES = ("mean", "std", "min", "q10", "q50", "q90", "max", "mean_abs", "bi
 UNIT_FEATURES = 2 * len(UNIT_VALUES) + 3
 
 
-def _layers(arch: Architecture, part: str) -> list[str]:
-    return [l for l in dict.fromkeys(s.layer for s in layout(arch) if part in ("whole", s.part))]
+Layout = Architecture | Sequence[Segment]  # an architecture of our family, or any zoo's ``layout(member)``
 
 
-def unit_count(arch: Architecture, part: str = "whole") -> int:
+def segments_of(spec: Layout) -> list[Segment]:
+    """The segments of a flat vector: ``layout(spec)`` for an architecture, else ``spec`` itself."""
+    return layout(spec) if isinstance(spec, Architecture) else list(spec)
+
+
+def _layers(segments: list[Segment], part: str) -> list[str]:
+    """Layers with a kernel (units) in ``part``, in vector order."""
+    return [s.path[0] for s in segments if s.path[-1] == "kernel" and part in ("whole", s.part)]
+
+
+def unit_count(spec: Layout, part: str = "whole") -> int:
     """Units (output channels and neurons) of the layers of ``part``."""
-    shapes = {s.path: s.shape for s in layout(arch)}
-    return sum(shapes[(layer, "kernel")][-1] for layer in _layers(arch, part))
+    segments = segments_of(spec)
+    shapes = {s.path: s.shape for s in segments}
+    return sum(shapes[(layer, "kernel")][-1] for layer in _layers(segments, part))
 
 
-def unit_tokens(vector: np.ndarray, arch: Architecture, part: str = "whole") -> tuple[np.ndarray, np.ndarray]:
+def unit_tokens(vector: np.ndarray, spec: Layout, part: str = "whole") -> tuple[np.ndarray, np.ndarray]:
     """One token per unit of a flat NWS vector: what the unit computes, summarized.
 
     A unit's incoming weights are contiguous in NWS order, so they are one row of its
     layer's kernel. A token holds, of the incoming weights, mean, standard deviation,
     min, quantiles 10/50/90% (nearest rank), max and mean absolute value, then the unit's bias and
-    batch-norm scale and offset (1 and 0 without batch norm); all of these as is and on
+    batch-norm scale and offset (0 without a bias, 1 and 0 without batch norm); all of these as is and on
     the signed log scale of :func:`magnitude`; then the layer's relative depth (0 first,
-    1 last of the part) and whether it is a conv layer and the output layer.
+    1 last of the part) and whether it is a conv layer (4-D kernel) and the output layer
+    (the network's last layer with a kernel).
+
+    Args:
+      vector: float32 ``[n_weights]`` in NWS order (kernels grouped by output unit).
+      spec: an architecture of our family, or the vector's segments (``zoo.layout(member)``,
+        e.g. of a Small CNN Zoo network); a layer ``L``'s batch norm is ``L_bn``.
 
     Returns:
       ``(tokens float32 [units, UNIT_FEATURES], layer int32 [units])``.
     """
-    segments = {s.path: s for s in layout(arch)}
+    ordered_segments = segments_of(spec)
+    segments = {s.path: s for s in ordered_segments}
+    last = _layers(ordered_segments, "whole")[-1]
 
     def values(path, rows):
         segment = segments.get(path)
@@ -246,22 +266,24 @@ def unit_tokens(vector: np.ndarray, arch: Architecture, part: str = "whole") -> 
             return None
         return vector[segment.offset : segment.offset + segment.size].reshape(rows, -1)
 
-    layers = _layers(arch, part)
+    layers = _layers(ordered_segments, part)
     tokens, numbers = [], []
     for number, layer in enumerate(layers):
-        units = segments[(layer, "kernel")].shape[-1]
+        kernel = segments[(layer, "kernel")]
+        units = kernel.shape[-1]
         w = values((layer, "kernel"), units)
-        bias = values((layer, "bias"), units)[:, 0]
+        bias = values((layer, "bias"), units)
         scale = values((f"{layer}_bn", "scale"), units)
         offset = values((f"{layer}_bn", "bias"), units)
         ordered = np.sort(w, axis=1)
         ranks = np.round(np.array([0.1, 0.5, 0.9]) * (w.shape[1] - 1)).astype(int)
         columns = np.stack([
-            w.mean(1), w.std(1), ordered[:, 0], *ordered[:, ranks].T, ordered[:, -1], np.abs(w).mean(1), bias,
+            w.mean(1), w.std(1), ordered[:, 0], *ordered[:, ranks].T, ordered[:, -1], np.abs(w).mean(1),
+            np.zeros(units) if bias is None else bias[:, 0],
             np.ones(units) if scale is None else scale[:, 0], np.zeros(units) if offset is None else offset[:, 0],
         ], 1)
         depth = number / max(len(layers) - 1, 1)
-        kind = np.tile([depth, layer.startswith("conv"), layer == "out"], (units, 1))
+        kind = np.tile([depth, len(kernel.shape) == 4, layer == last], (units, 1))
         tokens.append(np.concatenate([columns, np.asarray(magnitude(columns)), kind], 1))
         numbers.append(np.full(units, number, np.int32))
     return np.concatenate(tokens).astype(np.float32), np.concatenate(numbers)
@@ -327,24 +349,25 @@ def _describe(values: np.ndarray) -> list[float]:
             np.abs(values).mean(), np.sqrt((values**2).sum())]
 
 
-def statistic_names(arch: Architecture, part: str = "whole") -> list[str]:
+def statistic_names(spec: Layout, part: str = "whole") -> list[str]:
     """Feature names of :func:`weight_statistics`, e.g. ``"conv0/kernel:std"``."""
-    groups = [s.path for s in layout(arch) if part in ("whole", s.part)]
+    groups = [s.path for s in segments_of(spec) if part in ("whole", s.part)]
     groups = ["/".join(p) for p in groups] + [p for p in ("conv", "fc") if part in ("whole", p)]
     return [f"{g}:{s}" for g in groups for s in STATISTICS]
 
 
-def weight_statistics(vector: np.ndarray, arch: Architecture, part: str = "whole") -> np.ndarray:
+def weight_statistics(vector: np.ndarray, spec: Layout, part: str = "whole") -> np.ndarray:
     """Statistics of every parameter array of a flat vector, and of its conv and FC parts.
 
     Per array (and part): mean, standard deviation, min, quantiles 10/25/50/75/90%,
-    max, mean absolute value and L2 norm. Returns float32 ``[features]`` named by
+    max, mean absolute value and L2 norm. ``spec`` is an architecture or the vector's
+    segments (as for :func:`unit_tokens`). Returns float32 ``[features]`` named by
     :func:`statistic_names`; networks of other architectures have other names, which
     the baseline aligns (missing ones are NaN).
     """
     features: list[float] = []
     conv_end = 0
-    for segment in layout(arch):
+    for segment in segments_of(spec):
         if segment.part == "conv":
             conv_end = segment.offset + segment.size
         if part in ("whole", segment.part):

@@ -6,6 +6,10 @@ only the rows and the one snapshot it needs from each leaf (TensorStore, the sto
 layer under Orbax), flattens them in NWS order (:func:`nwsjax.model.flatten`) and
 hands the vectors out one request at a time. Nothing is copied to disk.
 
+Zoos without Orbax parts (no ``part`` / ``row`` columns: the public formats of
+:mod:`nwsjax.formats`, which store one vector per file or per row) are read vector by
+vector with ``zoo.flat``, through the same cache.
+
 Memory held by a reader (see docs/meta.md for the full bound of a meta run):
 
 * the vector cache: flattened ``float32`` vectors kept for later epochs, at most
@@ -50,6 +54,8 @@ class WeightReader:
     Attributes:
       counters: ``{"parts": leaf-part openings, "reads": vectors read from storage,
         "hits": vectors served from the cache}``.
+      orbax: whether the zoo is read part by part from its Orbax snapshots (else with
+        ``zoo.flat``, one vector at a time).
     """
 
     def __init__(self, zoo: Zoo, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -63,9 +69,15 @@ class WeightReader:
         self.cached_bytes = 0
         self.counters = {"parts": 0, "reads": 0, "hits": 0}
         members = zoo.members
-        self._part = members["part"].to_numpy()
-        self._row = members["row"].to_numpy().astype(np.int64)
+        self.orbax = {"part", "row"} <= set(members.columns)
+        self._part = members["part"].to_numpy() if self.orbax else np.full(len(members), "")
+        self._row = members["row"].to_numpy().astype(np.int64) if self.orbax else np.zeros(len(members), np.int64)
         self._position = {int(m): i for i, m in enumerate(members.index)}
+
+    def parts(self, members: Sequence[int]) -> np.ndarray:
+        """The storage part of each member (``""`` for every member of a zoo without Orbax
+        parts): streams read a part's samples together, so each part is opened once."""
+        return self._part[[self._position[int(m)] for m in members]]
 
     def holds(self, members: Sequence[int], snapshots: Sequence[int]) -> bool:
         """Whether the cache holds every requested vector (reading them touches no storage)."""
@@ -90,7 +102,26 @@ class WeightReader:
             pending.setdefault(self._part[self._position[member]], []).append(i)
         for part in sorted(pending):
             requests = np.asarray(pending[part])
-            yield from self._read_part(part, members[requests], snapshots[requests], requests)
+            read = self._read_part if self.orbax else self._read_flat
+            yield from read(part, members[requests], snapshots[requests], requests)
+
+    def _keep(self, key: tuple[int, int], vector: np.ndarray) -> np.ndarray:
+        """``vector``, admitted to the cache (as a read-only copy) while the budget lasts."""
+        self.counters["reads"] += 1
+        if self.cached_bytes + vector.nbytes <= self.cache_bytes and key not in self._cache:
+            vector = vector.copy()
+            vector.flags.writeable = False
+            self._cache[key] = vector
+            self.cached_bytes += vector.nbytes
+        return vector
+
+    def _read_flat(self, part: str, members: np.ndarray, snapshots: np.ndarray, requests: np.ndarray):
+        """Vectors of a zoo without Orbax parts, one ``zoo.flat`` call each, by member and snapshot."""
+        for i in np.lexsort((snapshots, members)):
+            member, snapshot = int(members[i]), int(snapshots[i])
+            vector = np.ascontiguousarray(self.zoo.flat([member], snapshot)[0], dtype=np.float32)
+            vector.flags.writeable = False
+            yield int(requests[i]), self._keep((member, snapshot), vector)
 
     def _read_part(self, part: str, members: np.ndarray, snapshots: np.ndarray, requests: np.ndarray):
         arch = self.zoo.architecture(int(members[0]))
@@ -107,15 +138,7 @@ class WeightReader:
             del params
             vectors.flags.writeable = False
             for request, member, row_index in zip(requests[chosen], members[chosen], inverse):
-                vector = vectors[row_index]
-                self.counters["reads"] += 1
-                key = (int(member), int(snapshot))
-                if self.cached_bytes + vector.nbytes <= self.cache_bytes and key not in self._cache:
-                    vector = vector.copy()
-                    vector.flags.writeable = False
-                    self._cache[key] = vector
-                    self.cached_bytes += vector.nbytes
-                yield int(request), vector
+                yield int(request), self._keep((int(member), int(snapshot)), vectors[row_index])
             del vectors
 
     def _open(self, part: str, arch) -> dict[tuple[str, str], object]:

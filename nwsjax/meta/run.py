@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from nwsjax.errors import ConfigError
+from nwsjax.errors import ConfigError, ZooError
 from nwsjax.meta import report
 from nwsjax.meta.data import (
     PARTS,
@@ -26,12 +27,15 @@ from nwsjax.meta.data import (
     SliceStream,
     Split,
     Target,
+    accuracy_table,
     check_length,
     make_samples,
+    network_layouts,
     parse_snapshots,
     part_lengths,
     resolve_targets,
     rng_for,
+    split_given,
     split_networks,
     table,
 )
@@ -54,8 +58,8 @@ from nwsjax.meta.train import (
     stats_features,
     stats_outputs,
 )
-from nwsjax.model import layout
-from nwsjax.zoo import Zoo, open_zoo, software_versions
+from nwsjax.formats import open_any
+from nwsjax.zoo import Zoo, software_versions
 
 __all__ = ["ANALYSES", "DEFAULT_MODELS", "MetaConfig", "run_meta", "parse_models", "parse_analyses"]
 
@@ -69,7 +73,9 @@ class MetaConfig:
     """Everything a meta run does; saved with its results.
 
     Attributes:
-      zoo: the zoo folder.
+      zoo: the zoo: a folder of ours, NWS CSV files (comma-separated, e.g.
+        ``nws_main_train.csv,nws_main_test.csv``) or Small CNN Zoo folders
+        (:func:`nwsjax.formats.open_any`).
       target: comma-separated targets (property names, ``test_acc``) or ``"all"``.
       model: comma-separated models (:data:`nwsjax.meta.train.MODELS`) or ``"all"``.
       snapshots: snapshot range (``"11-20"``); None: the second half of the zoo's.
@@ -81,11 +87,14 @@ class MetaConfig:
       positions: evenly spaced slice positions of the where analysis.
       seed: the run seed; every other seed derives from it.
       test_fraction, val_fraction: fractions of networks in test, and of the rest in validation.
+      own_split: when the zoo carries its own train/test split (NWS: the CSV a network
+        is listed in), keep it (``test_fraction`` unused; validation drawn from the train
+        side); False: a random split by network as for any zoo.
       min_test_acc: leave out networks whose final test accuracy is lower (non-converged).
       train: training settings of the Flax models.
       options: model sizes.
       cache_bytes: budget of the reader's vector cache.
-      out: the report folder; None: ``runs/meta/<zoo folder name>``.
+      out: the report folder; None: ``runs/meta/<zoo folder name>`` (NWS lists: their folder's name).
     """
 
     zoo: str
@@ -101,6 +110,7 @@ class MetaConfig:
     seed: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.1
+    own_split: bool = True
     min_test_acc: float = 0.0
     train: TrainSettings = TrainSettings()
     options: ModelOptions = ModelOptions()
@@ -136,6 +146,7 @@ class _Run:
     zoo: Zoo
     reader: WeightReader
     split: Split
+    split_source: str
     snapshots: tuple[int, ...]
     models: list[str]
     analyses: list[str]
@@ -152,7 +163,7 @@ class _Run:
 
 def _check(config: MetaConfig, log) -> _Run:
     """Opens the zoo and checks every option against it, before any training."""
-    zoo = open_zoo(config.zoo)
+    zoo = open_any(config.zoo)
     targets, skipped = resolve_targets(config.target, zoo)
     models = parse_models(config.model)
     analyses = parse_analyses(config.analysis)
@@ -164,10 +175,10 @@ def _check(config: MetaConfig, log) -> _Run:
             raise ConfigError(f"{name} {value}: need at least 1")
     ids = zoo.members.index.to_numpy()
     if config.min_test_acc > 0:
-        ids = ids[zoo.members["test_acc"].to_numpy() >= config.min_test_acc]
+        ids = ids[_final_accuracy(zoo).reindex(ids).to_numpy() >= config.min_test_acc]
         if not len(ids):
             raise ConfigError(f"--min-test-acc {config.min_test_acc}: no network is that accurate; lower it")
-    split = split_networks(ids, config.seed, config.test_fraction, config.val_fraction)
+    split, split_source = _split(zoo, ids, config)
     every = "all" in _names(config.target)
     samples = {}
     for target in list(targets):
@@ -178,6 +189,8 @@ def _check(config: MetaConfig, log) -> _Run:
                 raise
             targets.remove(target)
             skipped[target.name] = str(err).split("; ")[0]
+    if {"units", "stats"} & set(models) or "where" in analyses:
+        _check_layouts(zoo, ids)
     if any(m in SLICE_MODELS for m in models):
         spec = slice_spec("dmc", config.slice_length, config.part, config.options)
         check_length(zoo, ids, spec)
@@ -191,9 +204,39 @@ def _check(config: MetaConfig, log) -> _Run:
                 check_length(zoo, ids, slice_spec("global", 0, config.part, config.options))
             models.remove("global")
             log("skipping model global: the networks have several lengths")
-    out = Path(config.out) if config.out else Path("runs") / "meta" / Path(config.zoo).resolve().name
+    named = Path(config.zoo) if Path(config.zoo).is_dir() else Path(zoo.path)  # NWS lists: their folder
+    out = Path(config.out) if config.out else Path("runs") / "meta" / named.resolve().name
     reader = WeightReader(zoo, cache_bytes=config.cache_bytes)
-    return _Run(config, zoo, reader, split, snapshots, models, analyses, out, log, targets, skipped, samples)
+    return _Run(config, zoo, reader, split, split_source, snapshots, models, analyses, out, log, targets, skipped, samples)
+
+
+def _check_layouts(zoo: Zoo, ids: np.ndarray) -> None:
+    """Every network's layers are known (a format zoo's networks may fit no architecture we know)."""
+    try:
+        network_layouts(zoo, ids)
+    except ZooError as err:
+        raise ConfigError(f"{str(err).split('; ')[0]}; the units and stats models and the where analysis need "
+                          "each network's layers, use --model dmc,set without --analysis where") from None
+
+
+def _final_accuracy(zoo: Zoo) -> pd.Series:
+    """Each network's final test accuracy: the members table's ``test_acc``, else (NWS)
+    its accuracy at snapshot K."""
+    if "test_acc" in zoo.members.columns:
+        return zoo.members["test_acc"]
+    return accuracy_table(zoo).xs(zoo.num_snapshots, level="snapshot")
+
+
+def _split(zoo: Zoo, ids: np.ndarray, config: MetaConfig) -> tuple[Split, str]:
+    """The zoo's own train/test split when it has one and ``config.own_split`` (NWS: its
+    ``split`` column, the CSV each network came from), else a random split by network.
+
+    Returns the split and where it came from: ``"zoo"`` or ``"random"``.
+    """
+    own = zoo.members["split"].reindex(ids) if "split" in zoo.members.columns else None
+    if config.own_split and own is not None and set(own) == {"train", "test"}:
+        return split_given(ids, ids[(own == "test").to_numpy()], config.seed, config.val_fraction), "zoo"
+    return split_networks(ids, config.seed, config.test_fraction, config.val_fraction), "random"
 
 
 def _names(spec: str) -> list[str]:
@@ -219,13 +262,15 @@ def run_meta(config: MetaConfig, *, log: Callable[[str], None] = print) -> dict:
         "versions": {**software_versions(), **_more_versions()},
         "zoo": {
             "path": str(run.zoo.path),
+            "format": run.zoo.info.get("format"),
             "networks": len(run.zoo.members),
             "snapshots": run.zoo.num_snapshots,
-            "architectures": sorted(set(run.zoo.members["architecture"])) if "architecture" in run.zoo.members else [],
+            "architectures": sorted(set(run.zoo.members["architecture"].dropna())) if "architecture" in run.zoo.members else [],
         },
         "snapshots": list(run.snapshots),
         "models": run.models,
         "split": {side: [int(i) for i in ids] for side, ids in run.split.sides().items()},
+        "split_source": run.split_source,
         "skipped_targets": run.skipped,
         "targets": {},
     }
@@ -233,6 +278,9 @@ def run_meta(config: MetaConfig, *, log: Callable[[str], None] = print) -> dict:
         log(f"skipping target {name}: {reason}")
     log(f"zoo {run.zoo.path}: {len(run.zoo.members)} networks; snapshots {_span(run.snapshots)}; "
         f"models {', '.join(run.models)}; report in {run.out}")
+    if run.split_source == "zoo":
+        log(f"split: the zoo's own (train/test lists): {len(run.split.train)} train, {len(run.split.val)} "
+            f"validation (from the train side), {len(run.split.test)} test networks")
     for target in run.targets:
         entry = _run_target(run, target)
         results["targets"][target.name] = entry
@@ -415,20 +463,25 @@ def _where(run: _Run, target: Target, samples, fitted, model: str, chance: float
 
 
 def _boundaries(run: _Run, test: Samples, stream: SliceStream) -> tuple[str, list[dict]]:
-    """Layer starts of the most common test architecture, as relative slice positions (slice centre on the boundary)."""
-    archs = collections.Counter(run.zoo.architecture(int(m)) for m in test.member)
-    arch = archs.most_common(1)[0][0]
-    member = next(int(m) for m in test.member if run.zoo.architecture(int(m)) == arch)
+    """Layer starts of the most common test layout, as relative slice positions (slice centre on the boundary).
+
+    Returns the layout's label (its architecture, or the first network that has it)
+    and one ``{"layer", "offset", "position"}`` per layer.
+    """
+    of = network_layouts(run.zoo, test.member)
+    segments = collections.Counter(of[int(m)] for m in test.member).most_common(1)[0][0]
+    member = next(int(m) for m in test.member if of[int(m)] == segments)
     i = int(np.flatnonzero(test.member == member)[0])
     lo, hi, length = stream.lo[i], stream.hi[i], stream.length
     boundaries, seen = [], set()
-    for segment in layout(arch):
+    for segment in segments:
         if segment.layer in seen:
             continue
         seen.add(segment.layer)
         position = (segment.offset - length / 2 - lo) / max(hi - lo, 1)
         boundaries.append({"layer": segment.layer, "offset": segment.offset, "position": float(position)})
-    return arch.label(), boundaries
+    label = run.zoo.members["architecture"].get(member) if "architecture" in run.zoo.members else None
+    return (str(label) if label is not None and not pd.isna(label) else f"network {member}"), boundaries
 
 
 def _when(run: _Run, target: Target, chance: float) -> list[dict]:

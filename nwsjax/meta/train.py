@@ -39,6 +39,7 @@ from nwsjax.meta.data import (
     UnitStream,
     draw_starts,
     even_starts,
+    network_layouts,
     prefetch,
     rng_for,
 )
@@ -359,19 +360,19 @@ def stats_features(zoo: Zoo, reader: WeightReader, samples: Samples, part: str,
     """
     cache = {} if cache is None else cache
     keys = [(int(m), int(s), part) for m, s in zip(samples.member, samples.snapshot)]
+    of = network_layouts(zoo, samples.member)  # member -> segments
     missing = np.array([i for i, key in enumerate(keys) if key not in cache], np.int64)
     if len(missing):
         for i, vector in reader.read(samples.member[missing], samples.snapshot[missing]):
             key = keys[missing[i]]
-            cache[key] = weight_statistics(vector, zoo.architecture(key[0]), part)
-    archs = [zoo.architecture(m) for m in samples.member.tolist()]
-    layouts = {arch: statistic_names(arch, part) for arch in dict.fromkeys(archs)}
+            cache[key] = weight_statistics(vector, of[key[0]], part)
+    layouts = {segments: statistic_names(segments, part) for segments in dict.fromkeys(of[m] for m in samples.member.tolist())}
     names = list(dict.fromkeys(name for group in layouts.values() for name in group))
     column = {name: j for j, name in enumerate(names)}
-    columns = {arch: np.array([column[n] for n in group]) for arch, group in layouts.items()}
+    columns = {segments: np.array([column[n] for n in group]) for segments, group in layouts.items()}
     table = np.full((len(keys), len(names)), np.nan, np.float32)
-    for i, (key, arch) in enumerate(zip(keys, archs)):
-        table[i, columns[arch]] = cache[key]
+    for i, key in enumerate(keys):
+        table[i, columns[of[key[0]]]] = cache[key]
     return table, names
 
 
