@@ -59,6 +59,8 @@ class TrainConfig:
       memory_budget: bytes a cohort program may hold (None: 80% of device memory, half
         the RAM on CPU). A cohort whose measured footprint is larger trains fewer
         members at once, refilling slots as members finish, instead of failing.
+      compact: ``vmap`` cohorts move their members to a narrower program (one compile)
+        when no member is pending and at most half the slots are busy.
     """
 
     stopping: StoppingConfig = StoppingConfig()
@@ -68,6 +70,7 @@ class TrainConfig:
     eval_chunk: int = 500
     devices: int = 1
     memory_budget: float | None = None
+    compact: bool = True
 
     def __post_init__(self):
         if self.snapshots < 1:
@@ -91,7 +94,8 @@ class PopulationReport:
     seconds: float
     compile_seconds: dict[str, float]
     footprint_bytes: dict[str, int]  # per cohort: its program's measured memory at its width
-    slots: dict[str, int]  # per cohort: members trained at once
+    slots: dict[str, int]  # per cohort: members trained at once (at the start)
+    compactions: dict[str, int]  # per cohort: times a vmap cohort moved to a narrower program
     member_steps: int  # steps taken by members (useful work)
     slot_steps: int  # steps computed over all slots, finished members included
     images: int  # training images processed by members
@@ -236,6 +240,7 @@ class _Cohort:
             max(math.ceil(placements[d].test[1] / chunk) for d in used),
         )
         self.compile_seconds = 0.0
+        self.compactions = 0
         self.footprint = 0
         self.member_steps = 0
         self.slot_steps = 0
@@ -274,6 +279,16 @@ class _Cohort:
         start = time.perf_counter()
         states = jax.jit(lambda k: init(k, None, None) if self.config.devices == 1 else _fresh(init, k))(knobs)
         self._init = jax.jit(init, donate_argnums=(1,))
+        self._programs = (train, evaluate)
+        self.compile_seconds += time.perf_counter() - start
+        self.footprint = 0
+        self._compile(states, knobs)
+        return states
+
+    def _compile(self, states, knobs) -> None:
+        """Compiles the train and evaluate programs for ``self.n_slots`` slots."""
+        start = time.perf_counter()
+        train, evaluate = self._programs
         self._train = jax.jit(train, donate_argnums=(0,))
         self._eval = jax.jit(evaluate)
         n = self.n_slots
@@ -290,8 +305,38 @@ class _Cohort:
         self._train = self._train.lower(*example).compile()
         self._eval = self._eval.lower(states, knobs, np.zeros((n, 4), np.int32), np.ones(n, bool)).compile()
         self.compile_seconds += time.perf_counter() - start
-        self.footprint = max(_footprint(self._train), _footprint(self._eval))
-        return states
+        self.footprint = max(self.footprint, _footprint(self._train), _footprint(self._eval))
+
+    def _compact(self, slots, states, knobs, plans, ranges):
+        """A narrower cohort: the active slots moved to the front of a new, compiled width.
+
+        For ``vmap`` cohorts, whose every slot costs a member's compute: once no member
+        is pending and at most half the slots are busy, the busy ones move to a program
+        half as wide (or narrower), paying one compile to stop computing idle slots.
+        The members continue from their exact state (``map`` skips idle slots anyway).
+        """
+        devices = self.config.devices
+        busy = [i for i, s in enumerate(slots) if s is not None]
+        width = max(self.min_per_device, -(-len(busy) // devices)) * devices
+        idle = [i for i, s in enumerate(slots) if s is None][: width - len(busy)]
+        rows = np.array(busy + idle)
+        take = lambda x: x[rows]  # noqa: E731
+        states = jax.tree.map(take, states)
+        knobs = jax.tree.map(take, knobs)
+        self.n_slots = width
+        self.compactions += 1
+        self._compile(states, knobs)
+        return [slots[i] for i in rows], states, knobs, plans[rows], ranges[rows]
+
+    def _should_compact(self, slots) -> bool:
+        busy = sum(s is not None for s in slots)
+        return (
+            self.config.compact
+            and self.strategy.batching == "vmap"
+            and not self.pending
+            and 0 < busy <= self.n_slots // 2
+            and self.n_slots > self.min_per_device * self.config.devices
+        )
 
     # -- members entering and leaving slots -------------------------------------------
     def _start(self, member_id: int) -> _Slot:
@@ -370,6 +415,7 @@ class _Cohort:
             self.pending[:0] = [s.member for s in slots if s is not None]
             self.n_slots = fit
             slots, knobs, states = self._fill()
+        self.initial_slots = self.n_slots
         host = jax.device_get((states.params, states.batch_stats))
         self.flattener = _Flattener(jax.tree.map(lambda x: x[0], host))
         for i, slot in enumerate(slots):
@@ -437,6 +483,8 @@ class _Cohort:
                 host = jax.device_get((states.params, states.batch_stats))
                 for i in np.flatnonzero(refill):
                     self._export(slots[i], jax.tree.map(lambda x: x[i], host))
+            if self._should_compact(slots):
+                slots, states, knobs, plans, ranges = self._compact(slots, states, knobs, plans, ranges)
             self.progress(self, slots)
 
     def _end_epoch(self, slot: _Slot, accuracy, tree) -> bool:
@@ -565,7 +613,7 @@ def train_population(
     mine = set(range(len(members)) if assigned is None else assigned)
     groups = {key: [i for i in ids if i in mine] for key, ids in everyone.items()}
     start = time.perf_counter()
-    report = PopulationReport(0.0, {}, {}, {}, 0, 0, 0, sum(map(len, groups.values())), strategy.name)
+    report = PopulationReport(0.0, {}, {}, {}, {}, 0, 0, 0, sum(map(len, groups.values())), strategy.name)
     counters = {"members": report.members, "finished": 0, "cohorts": len(groups), "cohort": 0}
     resumed = sum(i in writer.committed for ids in groups.values() for i in ids)
 
@@ -593,7 +641,8 @@ def train_population(
         writer.flush_cohort(label)
         report.compile_seconds[label] = cohort.compile_seconds
         report.footprint_bytes[label] = cohort.footprint
-        report.slots[label] = cohort.n_slots
+        report.slots[label] = cohort.initial_slots
+        report.compactions[label] = cohort.compactions
         report.member_steps += cohort.member_steps
         report.slot_steps += cohort.slot_steps
         report.images += cohort.images

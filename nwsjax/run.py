@@ -258,6 +258,7 @@ def run_population(
             slot_steps=report.slot_steps,
             utilization=report.utilization,
             images=report.images,
+            compactions=report.compactions,
             processes=processes,
             resumed=config.resume,
         )
