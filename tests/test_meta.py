@@ -536,3 +536,19 @@ def test_metrics_average_per_network_first():
     assert result["accuracy"] == pytest.approx((0.75 + 1.0) / 2)
     assert result["sample_accuracy"] == pytest.approx(5 / 6)
     assert result["confusion"] == [[3, 1, 0], [0, 2, 0], [0, 0, 0]]
+
+
+def test_report_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    """A notebook's inline backend survives a meta report (figures are made without pyplot)."""
+    import matplotlib
+
+    from nwsjax.meta import report
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        report.plot_confusion(tmp_path / "c.png", [[3, 1], [0, 4]], ["adam", "sgd"], "optimizer")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)

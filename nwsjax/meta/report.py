@@ -1,4 +1,4 @@
-"""Tables and plots of a meta run (matplotlib, Agg backend; PNG files)."""
+"""Tables and plots of a meta run (matplotlib figures made without pyplot; PNG files)."""
 
 from __future__ import annotations
 
@@ -69,21 +69,20 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _figure():
-    import matplotlib
+def _subplots(figsize):
+    """A figure and its axes, made without pyplot: saving a report never touches the
+    caller's matplotlib backend (a notebook keeps its inline plots)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def plot_confusion(path: Path, confusion: list, classes: list, title: str) -> None:
-    plt = _figure()
     matrix = np.asarray(confusion, np.float64)
     rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     size = 2.5 + 0.6 * len(classes)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = _subplots((size, size))
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
@@ -97,7 +96,6 @@ def plot_confusion(path: Path, confusion: list, classes: list, title: str) -> No
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _ylabel(kind: str) -> str:
@@ -106,8 +104,7 @@ def _ylabel(kind: str) -> str:
 
 def plot_slice_length(path: Path, rows: list[dict], kind: str, chance: float, title: str) -> None:
     """Rows ``{"model", "length", "single", "ensemble"}`` -> metric versus slice length (log x)."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _subplots((5.5, 3.8))
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         lengths = [r["length"] for r in mine]
@@ -121,13 +118,11 @@ def plot_slice_length(path: Path, rows: list[dict], kind: str, chance: float, ti
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_where(path: Path, where: dict, kind: str, chance: float, title: str) -> None:
     """Metric (and true-class probability) versus slice position, layer boundaries marked."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    fig, ax = _subplots((7.5, 3.8))
     x = np.asarray(where["position"])
     ax.plot(x, where["metric"], "-", label=_ylabel(kind))
     if "prob_true" in where:
@@ -145,13 +140,11 @@ def plot_where(path: Path, where: dict, kind: str, chance: float, title: str) ->
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_when(path: Path, rows: list[dict], kind: str, chance: float, title: str) -> None:
     """Rows ``{"model", "snapshot", "value"}`` -> metric versus snapshot index."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _subplots((5.5, 3.8))
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         ax.plot([r["snapshot"] for r in mine], [r["value"] for r in mine], "o-", label=model)
@@ -162,7 +155,6 @@ def plot_when(path: Path, rows: list[dict], kind: str, chance: float, title: str
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_json(path: Path, obj) -> None:
