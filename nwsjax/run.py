@@ -215,9 +215,11 @@ def run_population(
 
     Under JAX's multi-process runtime (``jax.distributed.initialize``), every process
     calls this with the same run: each trains its share of every cohort
-    (:func:`assign_members`) and commits its own parts; process 0 creates the zoo
-    first and writes its tables last, between barriers. With ``config.resume`` the
-    committed members of the interrupted run are kept and the others trained again.
+    (:func:`assign_members`) and writes its rows of the cohort's parts, which Orbax
+    commits collectively (:class:`~nwsjax.zoo.ZooWriter`); process 0 creates the zoo
+    first and writes its tables last, between barriers (the timings recorded in
+    zoo.json are process 0's). With ``config.resume`` the committed members of the
+    interrupted run are kept and the others trained again.
     """
     import jax
 
