@@ -19,15 +19,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from nwsjax.errors import NWSError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every nwsjax error
-        print(f"error: {message}; see --help", file=sys.stderr)
-        raise SystemExit(2)
+from nwsjax.cli import ArgumentParser, main_wrapper
 
 
 def _number(kind, minimum, *, strict=False):
@@ -48,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from nwsjax.meta.run import ANALYSES, DEFAULT_MODELS
     from nwsjax.meta.train import MODELS
 
-    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--zoo", required=True, help="zoo folder written by the population trainer; or NWS CSV files, "
                    "comma-separated (train,test: their split is kept); or Small CNN Zoo folder(s)")
     p.add_argument("--target", required=True, help=f"comma-separated: {', '.join(TARGETS)} (Small CNN Zoo: its "
@@ -95,66 +88,41 @@ def _lengths(text: str | None) -> tuple[int, ...] | None:
     return lengths
 
 
-_REPORT_FILES = ("results.json", "summary.txt")
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuses a report folder that would overwrite another run's report or other files."""
-    from nwsjax.errors import ConfigError
-
-    existing = next((p for p in [out, *out.absolute().parents] if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ConfigError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
-    if not out.is_dir():
-        return
-    files = list(out.iterdir())
-    if not files:
-        return
-    if any(p.is_dir() or not (p.name in _REPORT_FILES or p.suffix == ".png") for p in files):
-        raise ConfigError(f"--out {out}: folder is not empty and holds no meta report; choose another --out")
-    if not overwrite:
-        raise ConfigError(f"--out {out}: holds a meta report already; pass --overwrite to write over it, "
-                          "or choose another --out")
-
-
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.out:
-            _check_out(Path(args.out), args.overwrite)
-        elif Path(args.zoo).is_dir():  # the default of a zoo folder, as run_meta makes it
-            _check_out(Path("runs") / "meta" / Path(args.zoo).resolve().name, args.overwrite)
-        from nwsjax.meta.run import MetaConfig, run_meta
-        from nwsjax.meta.train import ModelOptions, TrainSettings
+    from nwsjax.meta.run import MetaConfig, run_meta
+    from nwsjax.meta.train import ModelOptions, TrainSettings
 
-        config = MetaConfig(
-            zoo=args.zoo,
-            target=args.target,
-            model=args.model,
-            snapshots=args.snapshots,
-            slice_length=args.slice_length,
-            part=args.part,
-            analysis=args.analysis,
-            slice_lengths=_lengths(args.slice_lengths),
-            ensemble=args.ensemble,
-            positions=args.positions,
-            seed=args.seed,
-            test_fraction=args.test_fraction,
-            val_fraction=args.val_fraction,
-            own_split=not args.random_split,
-            min_test_acc=args.min_test_acc,
-            train=TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lrate=args.lr,
-                                buffer_bytes=args.buffer_mb << 20, progress=not args.quiet),
-            options=ModelOptions(dmc_width=args.dmc_width, set_slices=args.set_slices,
-                                 stats_iterations=args.stats_iterations),
-            cache_bytes=args.cache_mb << 20,
-            out=args.out,
-        )
-        run_meta(config)
-    except NWSError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = MetaConfig(
+        zoo=args.zoo,
+        target=args.target,
+        model=args.model,
+        snapshots=args.snapshots,
+        slice_length=args.slice_length,
+        part=args.part,
+        analysis=args.analysis,
+        slice_lengths=_lengths(args.slice_lengths),
+        ensemble=args.ensemble,
+        positions=args.positions,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction,
+        own_split=not args.random_split,
+        min_test_acc=args.min_test_acc,
+        train=TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lrate=args.lr,
+                            buffer_bytes=args.buffer_mb << 20, progress=not args.quiet),
+        options=ModelOptions(dmc_width=args.dmc_width, set_slices=args.set_slices,
+                             stats_iterations=args.stats_iterations),
+        cache_bytes=args.cache_mb << 20,
+        out=args.out,
+        overwrite=args.overwrite,
+    )
+    run_meta(config)
     return 0
+
+
+# NWSError (a user error) becomes one line on stderr and exit code 2.
+main = main_wrapper(_main)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,11 @@ import argparse
 import json
 import sys
 
-from nwsjax.errors import NWSError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"error: {message}; see --help", file=sys.stderr)
-        raise SystemExit(2)
+from nwsjax.cli import ArgumentParser, main_wrapper
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zoo", required=True, help="zoo folder, NWS CSV files (comma-separated) or Small CNN Zoo folder(s)")
     p.add_argument("--model", default="dmc,set,units", help="comma-separated Flax models: dmc, set, units, global (default %(default)s)")
     p.add_argument("--target", default="optimizer", help="target that labels the batches (default %(default)s)")
@@ -48,57 +42,57 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import jax
-        import numpy as np
+    import jax
+    import numpy as np
 
-        from nwsjax.errors import ConfigError
-        from nwsjax.meta import data as D
-        from nwsjax.meta import train as T
-        from nwsjax.meta.reader import WeightReader
-        from nwsjax.meta.run import parse_models
-        from nwsjax.formats import open_any
+    from nwsjax.errors import ConfigError
+    from nwsjax.meta import data as D
+    from nwsjax.meta import train as T
+    from nwsjax.meta.reader import WeightReader
+    from nwsjax.meta.run import parse_models
+    from nwsjax.formats import open_any
 
-        zoo = open_any(args.zoo)
-        target = D.resolve_targets(args.target, zoo)[0][0]
-        snapshots = D.parse_snapshots(args.snapshots, zoo.num_snapshots)
-        models = parse_models(args.model)
-        if "stats" in models:
-            raise ConfigError("--model stats: the trees are not trained in steps; benchmark dmc, set or global")
-        ids = zoo.members.index.to_numpy()
-        members, snaps = np.repeat(ids, len(snapshots)), np.tile(snapshots, len(ids))
-        y = D.labels(zoo, target, members, snaps)
-        samples = D.Samples(members, snaps, y)
-        if target.kind == "regression":
-            samples = samples.take(~np.isnan(y))
-        options = T.ModelOptions(dmc_width=args.dmc_width, set_slices=args.set_slices)
-        settings = T.TrainSettings(batch_size=args.batch_size, progress=False)
-        print(f"zoo {zoo.path}: {len(ids)} networks x {len(snapshots)} snapshots = {len(samples)} samples; "
-              f"target {target.name}; batch {args.batch_size}; backend {jax.default_backend()}")
-        print(f"{'model':7s} {'slices/step':>11s} {'measure':16s} {'s/step':>8s} {'slices/s':>10s}")
-        results = {}
-        for model in models:
-            spec = T.slice_spec(model, args.slice_length, args.part, options)
-            reader = WeightReader(zoo, cache_bytes=args.cache_mb << 20)
-            stream = T.make_stream(model, zoo, reader, samples, spec, batch_size=args.batch_size, buffer_bytes=256 << 20)
-            module = T.build_model(model, target.num_outputs, options)
-            numbers = T.throughput(module, target, stream, settings, args.steps)
-            results[model] = {"slice_length": stream.length, "slices_per_step": args.batch_size * spec.count, **numbers}
-            for name, label in (("pipeline_cold", "pipeline (cold)"), ("pipeline", "pipeline (warm)"),
-                                ("compute", "compute"), ("train", "train")):
-                n = numbers[name]
-                print(f"{model:7s} {args.batch_size * spec.count:11d} {label:16s} {n['seconds_per_step']:8.4f} "
-                      f"{n['slices_per_second']:10.1f}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"zoo": str(zoo.path), "backend": jax.default_backend(), "samples": len(samples),
-                           "batch_size": args.batch_size, "models": results}, f, indent=1)
-    except NWSError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    zoo = open_any(args.zoo)
+    target = D.resolve_targets(args.target, zoo)[0][0]
+    snapshots = D.parse_snapshots(args.snapshots, zoo.num_snapshots)
+    models = parse_models(args.model)
+    if "stats" in models:
+        raise ConfigError("--model stats: the trees are not trained in steps; benchmark dmc, set or global")
+    ids = zoo.members.index.to_numpy()
+    members, snaps = np.repeat(ids, len(snapshots)), np.tile(snapshots, len(ids))
+    y = D.labels(zoo, target, members, snaps)
+    samples = D.Samples(members, snaps, y)
+    if target.kind == "regression":
+        samples = samples.take(~np.isnan(y))
+    options = T.ModelOptions(dmc_width=args.dmc_width, set_slices=args.set_slices)
+    settings = T.TrainSettings(batch_size=args.batch_size, progress=False)
+    print(f"zoo {zoo.path}: {len(ids)} networks x {len(snapshots)} snapshots = {len(samples)} samples; "
+          f"target {target.name}; batch {args.batch_size}; backend {jax.default_backend()}")
+    print(f"{'model':7s} {'slices/step':>11s} {'measure':16s} {'s/step':>8s} {'slices/s':>10s}")
+    results = {}
+    for model in models:
+        spec = T.slice_spec(model, args.slice_length, args.part, options)
+        reader = WeightReader(zoo, cache_bytes=args.cache_mb << 20)
+        stream = T.make_stream(model, zoo, reader, samples, spec, batch_size=args.batch_size, buffer_bytes=256 << 20)
+        module = T.build_model(model, target.num_outputs, options)
+        numbers = T.throughput(module, target, stream, settings, args.steps)
+        results[model] = {"slice_length": stream.length, "slices_per_step": args.batch_size * spec.count, **numbers}
+        for name, label in (("pipeline_cold", "pipeline (cold)"), ("pipeline", "pipeline (warm)"),
+                            ("compute", "compute"), ("train", "train")):
+            n = numbers[name]
+            print(f"{model:7s} {args.batch_size * spec.count:11d} {label:16s} {n['seconds_per_step']:8.4f} "
+                  f"{n['slices_per_second']:10.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"zoo": str(zoo.path), "backend": jax.default_backend(), "samples": len(samples),
+                       "batch_size": args.batch_size, "models": results}, f, indent=1)
     return 0
+
+
+# NWSError (a user error) becomes one line on stderr and exit code 2.
+main = main_wrapper(_main)
 
 
 if __name__ == "__main__":

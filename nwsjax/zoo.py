@@ -173,16 +173,14 @@ class ZooWriter:
         files, process 0 the temporary folders of unfinished checkpoints.
         """
         committed: set[int] = set()
-        for sidecar in sorted(self.path.glob("snapshots/*/part-*.rows-*.json")):
-            part_dir = _part_dir(sidecar)
-            if part_dir.is_dir():
-                rows = _read_sidecar(sidecar)
-                committed.update(int(r["member"]) for r in rows["members"])
-                self.committed_epochs += len(rows["curves"])
-                number, cohort = int(part_dir.name.split("-")[1]), part_dir.parent.name
-                self._next_part[cohort] = max(self._next_part.get(cohort, 0), number + 1)
-            elif sidecar.name.endswith(f".rows-{self.process}.json"):
+        for sidecar in self.path.glob(f"snapshots/*/part-*.rows-{self.process}.json"):
+            if not _part_dir(sidecar).is_dir():
                 sidecar.unlink()  # its checkpoint never committed: its members train again
+        for part_dir, rows in _committed_rows(self.path):
+            committed.update(int(r["member"]) for r in rows["members"])
+            self.committed_epochs += len(rows["curves"])
+            number, cohort = int(part_dir.name.split("-")[1]), part_dir.parent.name
+            self._next_part[cohort] = max(self._next_part.get(cohort, 0), number + 1)
         if self.process == 0:
             for leftover in self.path.glob("snapshots/*/part-*.orbax-checkpoint-tmp*"):
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -315,11 +313,9 @@ class ZooWriter:
         """
         self._checkpointer.close()
         records, curves = [], []
-        for sidecar in sorted(self.path.glob("snapshots/*/part-*.rows-*.json")):
-            if _part_dir(sidecar).is_dir():
-                rows = _read_sidecar(sidecar)
-                records += rows["members"]
-                curves += rows["curves"]
+        for _, rows in _committed_rows(self.path):
+            records += rows["members"]
+            curves += rows["curves"]
         members = pd.DataFrame(records)
         if expected is not None and len(members) != expected:
             raise ZooError(f"{self.path}: {len(members)} of {expected} members committed; resume the run with --resume")
@@ -333,6 +329,14 @@ class ZooWriter:
         shutil.rmtree(self.work, ignore_errors=True)
         self.info.update(summary, status="complete")
         _write_json(self.path / "zoo.json", self.info)
+
+
+def _committed_rows(path: Path):
+    """``(part folder, rows)`` of every rows file whose checkpoint is committed, in name order."""
+    for sidecar in sorted(path.glob("snapshots/*/part-*.rows-*.json")):
+        part_dir = _part_dir(sidecar)
+        if part_dir.is_dir():
+            yield part_dir, _read_sidecar(sidecar)
 
 
 def _part_dir(sidecar: Path) -> Path:

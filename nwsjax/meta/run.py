@@ -95,6 +95,7 @@ class MetaConfig:
       options: model sizes.
       cache_bytes: budget of the reader's vector cache.
       out: the report folder; None: ``runs/meta/<zoo folder name>`` (NWS lists: their folder's name).
+      overwrite: write over a meta report already in ``out`` (any other non-empty folder is refused).
     """
 
     zoo: str
@@ -116,6 +117,7 @@ class MetaConfig:
     options: ModelOptions = ModelOptions()
     cache_bytes: int = DEFAULT_CACHE_BYTES
     out: str | None = None
+    overwrite: bool = False
 
 
 def parse_models(spec: str) -> list[str]:
@@ -206,8 +208,29 @@ def _check(config: MetaConfig, log) -> _Run:
             log("skipping model global: the networks have several lengths")
     named = Path(config.zoo) if Path(config.zoo).is_dir() else Path(zoo.path)  # NWS lists: their folder
     out = Path(config.out) if config.out else Path("runs") / "meta" / named.resolve().name
+    _check_out(out, config.overwrite)
     reader = WeightReader(zoo, cache_bytes=config.cache_bytes)
     return _Run(config, zoo, reader, split, split_source, snapshots, models, analyses, out, log, targets, skipped, samples)
+
+
+_REPORT_FILES = ("results.json", "summary.txt")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuses a report folder that would overwrite another run's report or other files."""
+    existing = next((p for p in [out, *out.absolute().parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
+    if not out.is_dir():
+        return
+    files = list(out.iterdir())
+    if not files:
+        return
+    if any(p.is_dir() or not (p.name in _REPORT_FILES or p.suffix == ".png") for p in files):
+        raise ConfigError(f"--out {out}: folder is not empty and holds no meta report; choose another --out")
+    if not overwrite:
+        raise ConfigError(f"--out {out}: holds a meta report already; pass --overwrite to write over it, "
+                          "or choose another --out")
 
 
 def _check_layouts(zoo: Zoo, ids: np.ndarray) -> None:
