@@ -22,7 +22,7 @@ import pandas as pd
 from nwsjax.data import Dataset, load_dataset, resolve_dataset, subset
 from nwsjax.errors import ConfigError
 from nwsjax.population import PopulationReport, TrainConfig, train_population
-from nwsjax.space import MemberConfig, parse_pins, sample_members
+from nwsjax.space import MAX_MEMBERS, MemberConfig, parse_pins, sample_members
 from nwsjax.stopping import StoppingConfig
 from nwsjax.strategy import default_strategy, parse_strategy
 from nwsjax.zoo import FORMAT, ZooWriter, read_info
@@ -118,6 +118,8 @@ def prepare_run(config: RunConfig, *, progress: bool = False) -> PreparedRun:
     """Validates ``config`` and loads its datasets; raises NWSError on bad input."""
     if config.members < 1:
         raise ConfigError(f"--members {config.members}: need at least 1 member")
+    if config.members > MAX_MEMBERS:
+        raise ConfigError(f"--members {config.members}: at most {MAX_MEMBERS:,} per run; split the study into several zoos")
     if config.max_images is not None and config.max_images < 1:
         raise ConfigError(f"--max-images {config.max_images}: must be >= 1")
     if config.seed < 0:

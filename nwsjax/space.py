@@ -24,6 +24,7 @@ __all__ = [
     "CATEGORICAL",
     "REFERENCE_DATASETS",
     "LRATE_RANGE",
+    "MAX_MEMBERS",
     "FIXED_ARCHITECTURE",
     "Property",
     "MemberConfig",
@@ -52,6 +53,7 @@ class Property:
 
 REFERENCE_DATASETS = ("mnist", "cifar10", "svhn", "stl10", "fashion_mnist")
 LRATE_RANGE = (0.0002, 0.005)
+MAX_MEMBERS = 1_000_000  # one run's population; the reference study trained 16,000 networks
 
 
 def _categorical(name: str, options: tuple, sampled: tuple | None = None) -> Property:
@@ -246,6 +248,8 @@ def sample_members(
     """
     if count < 1:
         raise ConfigError(f"members={count}: need at least 1 member")
+    if count > MAX_MEMBERS:
+        raise ConfigError(f"members={count}: at most {MAX_MEMBERS:,} per run; split the study into several zoos")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"--seed {seed}: must be an integer >= 0, e.g. --seed 0")
     if not datasets:

@@ -216,6 +216,7 @@ CASES = [
     pop("--members many", args("--members", "many"), "invalid int value: 'many'", SUB),
     pop("unknown flag", args("--bogus-flag"), "--bogus-flag"),
     pop("--members 0", args("--members", "0"), "--members 0"),
+    pop("--members 10**9", args("--members", "1000000000"), "at most 1,000,000 per run"),
     pop("--epochs -3", args("--epochs", "-3"), "epochs=-3"),
     pop("--snapshots 0", args("--snapshots", "0"), "snapshots=0"),
     pop("--seed -1", args("--seed", "-1"), "--seed -1"),
