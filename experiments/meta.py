@@ -23,13 +23,16 @@ import sys
 from nwsjax.cli import ArgumentParser, main_wrapper
 
 
-def _number(kind, minimum, *, strict=False):
-    """An argparse type: ``kind`` (int or float) at least ``minimum`` (above it when ``strict``)."""
+def _number(kind, minimum, *, strict=False, maximum=None):
+    """An argparse type: ``kind`` (int or float) at least ``minimum`` (above it when
+    ``strict``) and, with ``maximum``, at most that."""
 
     def parse(text):
         value = kind(text)  # ValueError: argparse says "invalid int value: 'x'"
         if not (value > minimum if strict else value >= minimum):
             raise argparse.ArgumentTypeError(f"{text}: must be {'>' if strict else '>='} {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text}: must be <= {maximum}")
         return value
 
     parse.__name__ = kind.__name__
@@ -58,6 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="samples per step (default %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)")
     p.add_argument("--dmc-width", type=_number(float, 0, strict=True), default=1.0, help="DMC/global width multiplier, 1 = reference (default %(default)s)")
+    p.add_argument("--dmc-dropout", type=_number(float, 0, maximum=0.99), default=0.5,
+                   help="dropout rate of the DMC/global dense layers, 0.5 = reference (default %(default)s)")
+    p.add_argument("--units-keep", type=_number(float, 0, strict=True, maximum=1), default=0.5,
+                   help="fraction of units the units model keeps per training pass, 1 = all (default %(default)s)")
     p.add_argument("--set-slices", type=_number(int, 1), default=8, help="slices per network for the set model (default %(default)s)")
     p.add_argument("--stats-iterations", type=_number(int, 1), default=200, help="boosting iterations of stats (default %(default)s)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="networks held out for test (default %(default)s)")
@@ -111,7 +118,8 @@ def _main(argv=None) -> int:
         min_test_acc=args.min_test_acc,
         train=TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lrate=args.lr,
                             buffer_bytes=args.buffer_mb << 20, progress=not args.quiet),
-        options=ModelOptions(dmc_width=args.dmc_width, set_slices=args.set_slices,
+        options=ModelOptions(dmc_width=args.dmc_width, dmc_dropout=args.dmc_dropout, units_keep=args.units_keep,
+                             set_slices=args.set_slices,
                              stats_iterations=args.stats_iterations),
         cache_bytes=args.cache_mb << 20,
         out=args.out,

@@ -322,6 +322,8 @@ CASES = [
          "--stats-iterations"),
     meta("--set-slices 0", good_meta_zoo("--model", "set", "--set-slices", "0"), "--set-slices"),
     meta("--dmc-width 0", good_meta_zoo("--model", "dmc", "--dmc-width", "0"), "--dmc-width"),
+    meta("--units-keep 1.5", good_meta_zoo("--model", "units", "--units-keep", "1.5"), "must be <= 1"),
+    meta("--dmc-dropout -0.1", good_meta_zoo("--model", "dmc", "--dmc-dropout", "-0.1"), "--dmc-dropout"),
     meta("--seed -1", good_meta_zoo("--seed", "-1"), "--seed"),
     meta("--cache-mb -1", good_meta_zoo("--cache-mb", "-1"), "--cache-mb"),
     meta("--min-test-acc above every network", good_meta_zoo("--min-test-acc", "0.99"),

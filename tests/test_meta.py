@@ -432,6 +432,23 @@ def test_unit_tokens_by_hand():
     np.testing.assert_array_equal(fc_tokens[:, :22], tokens[28:, :22])  # same units, depth relative to the part
 
 
+def test_units_model_subsamples_units_only_while_training():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 30, UNIT_FEATURES)).astype(np.float32)
+    layer = np.tile(np.repeat(np.arange(3), 10), (4, 1)).astype(np.float32)
+    layer[:, -4:] = -1  # padding
+    sub, full = UnitSet(3, width=16, dropout=0.0, keep=0.5), UnitSet(3, width=16, dropout=0.0, keep=1.0)
+    variables = full.init(jax.random.key(0), x, layer)
+
+    def train(module, key):
+        return module.apply(variables, x, layer, train=True, rngs={"dropout": jax.random.key(key)})
+
+    assert not np.allclose(train(sub, 1), train(sub, 2))  # a different subset of units per pass
+    np.testing.assert_array_equal(train(full, 1), train(full, 2))
+    # evaluation reads every unit: the same function as the model that never subsamples
+    np.testing.assert_array_equal(sub.apply(variables, x, layer), full.apply(variables, x, layer))
+
+
 def test_unit_stream_pads_mixed_architectures(mixed_zoo):
     ids = mixed_zoo.members.index.to_numpy()
     samples = D.Samples(ids, np.full(len(ids), 2), np.zeros(len(ids), np.int32))

@@ -298,12 +298,20 @@ class UnitSet(nn.Module):
     pooled by their mean and an attention-weighted mean; a two-layer head predicts.
     Padding tokens (layer -1) are ignored.
 
+    Training subsamples units: every training pass keeps each unit with probability
+    ``keep`` (drawn from the ``"dropout"`` RNG), so the per-layer pooling sees a
+    different random subset of a layer's units each time. As the pooling does not care
+    which units it averages, this is an augmentation that costs nothing; at evaluation
+    every unit is used. On the 320-network zoo of docs/results.md, ``keep=0.5`` raised
+    test accuracy on four of six categorical targets over ``keep=1`` (0.25 was worse).
+
     Attributes:
       outputs: classes (or 1 for regression).
       width: token and layer embedding width.
       layers: the most layers a network has (5 conv + 4 FC + output).
       head: width of the hidden layer of the head.
       dropout: dropout rate before the output layer.
+      keep: fraction of units a training pass keeps (1: no subsampling).
     """
 
     outputs: int
@@ -311,10 +319,14 @@ class UnitSet(nn.Module):
     layers: int = 10
     head: int = 256
     dropout: float = 0.3
+    keep: float = 0.5
 
     @nn.compact
     def __call__(self, x, position, *, train: bool = False):
         member = jax.nn.one_hot(position.astype(jnp.int32), self.layers, dtype=x.dtype)  # [B, U, layers]; pads 0
+        if train and self.keep < 1:
+            kept = jax.random.bernoulli(self.make_rng("dropout"), self.keep, position.shape)  # [B, U]
+            member = member * kept[..., None].astype(x.dtype)
         h = nn.relu(nn.Dense(self.width, kernel_init=_glorot)(nn.LayerNorm()(x)))
         h = nn.relu(nn.Dense(self.width, kernel_init=_glorot)(h))
         count = member.sum(1)[..., None]  # [B, layers, 1]

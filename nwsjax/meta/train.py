@@ -110,6 +110,7 @@ class ModelOptions:
       set_bins: bins of the set model's per-slice histograms (0: none).
       set_position: feed slice positions to the set model.
       units_width: token and layer embedding width of the units model.
+      units_keep: fraction of units the units model keeps per training pass (1: all).
       stats_iterations: boosting iterations of the stats baseline.
     """
 
@@ -122,6 +123,7 @@ class ModelOptions:
     set_bins: int = 16
     set_position: bool = True
     units_width: int = 128
+    units_keep: float = 0.5
     stats_iterations: int = 200
 
 
@@ -144,7 +146,7 @@ def build_model(model: str, outputs: int, options: ModelOptions) -> nn.Module:
     if model in ("dmc", "global"):
         return DMC(outputs, width=options.dmc_width, dropout=options.dmc_dropout)
     if model == "units":
-        return UnitSet(outputs, width=options.units_width)
+        return UnitSet(outputs, width=options.units_width, keep=options.units_keep)
     if model == "set":
         return SliceSet(outputs, patch=options.set_patch, width=options.set_width, depth=options.set_depth,
                         bins=options.set_bins, use_position=options.set_position)
