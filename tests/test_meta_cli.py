@@ -127,3 +127,23 @@ def test_run_writes_report_and_repeats_exactly(cli, zoo, tmp_path, capsys):
     again = json.loads((second / "results.json").read_text())
     assert _numbers(again) == _numbers(results)
     assert np.isfinite(again["targets"]["optimizer"]["models"]["set"]["history"][-1]["loss"])
+
+    # experiments/meta_table.py: the two runs side by side
+    spec = importlib.util.spec_from_file_location("meta_table", ROOT / "experiments" / "meta_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    capsys.readouterr()
+    assert table.main([str(first), f"{second}@again"]) == 0
+    markdown = capsys.readouterr().out.splitlines()
+    assert markdown[0] == "| target | chance | set | units | stats | set-again | units-again | stats-again |"
+    row = next(line for line in markdown if line.startswith("| optimizer (3) | 33.3% |")).rstrip(" |").split(" | ")[2:]
+    assert row[:3] == row[3:6]  # the same numbers: the runs repeat exactly
+    accuracy = optimizer["models"]["set"]["ensemble"]
+    assert row[0] == f"{100 * accuracy['accuracy']:.1f}% ± {100 * accuracy['ci95']:.1f}"
+    assert any(line.startswith("| lrate |") for line in markdown) and any("**mean**" in line for line in markdown)
+    other = tmp_path / "other"
+    other.mkdir()
+    moved = dict(again, split={**again["split"], "test": again["split"]["test"][1:]})
+    (other / "results.json").write_text(json.dumps(moved))
+    assert "another zoo, split or snapshot range" in _error(table, capsys, str(first), str(other))
+    assert "no readable results.json" in _error(table, capsys, str(first), str(tmp_path))

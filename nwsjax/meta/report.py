@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["format_target", "format_summary", "plot_confusion", "plot_slice_length", "plot_where", "plot_when", "write_json"]
+__all__ = ["format_target", "format_summary", "read_reports", "markdown_tables", "plot_confusion", "plot_slice_length", "plot_where", "plot_when", "write_json"]
 
 
 def _pct(value, ci=None) -> str:
@@ -66,6 +66,82 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{name:16s} {_pct(row['chance']):>7s} " + " ".join(f"{_pct(row.get(m)):>7s}" for m in models))
     lines.append(f"{'mean':16s} {_pct(summary['mean']['chance']):>7s} "
                  + " ".join(f"{_pct(summary['mean'].get(m)):>7s}" for m in models))
+    return "\n".join(lines)
+
+
+def read_reports(specs: list[str]) -> list[tuple[dict, str]]:
+    """Reads meta report folders for :func:`markdown_tables`.
+
+    Args:
+      specs: report folders, each optionally ``FOLDER@TAG``: its models are then
+        named ``model-TAG`` (to keep two runs of one model apart).
+
+    Returns:
+      ``(results.json contents, tag or "")`` per folder. Raises ConfigError when a
+      folder holds no finished report, or when the reports differ in zoo, split or
+      snapshots (their numbers would not be comparable side by side).
+    """
+    from nwsjax.errors import ConfigError
+
+    reports = []
+    for spec in specs:
+        folder, _, tag = spec.partition("@")
+        path = Path(folder) / "results.json"
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"{folder}: no readable results.json; give report folders written by meta.py") from None
+        if "summary" not in results:
+            raise ConfigError(f"{folder}: its meta run has not finished (results.json has no summary); wait for it or rerun it")
+        reports.append((results, tag))
+    first = reports[0][0]
+    for (results, _), spec in zip(reports[1:], specs[1:]):
+        for key in ("split", "snapshots"):
+            if results.get(key) != first.get(key) or results["zoo"]["path"] != first["zoo"]["path"]:
+                raise ConfigError(f"{spec.partition('@')[0]}: another zoo, split or snapshot range than {specs[0]}; "
+                                  "side-by-side tables need runs of one zoo with one --seed and --snapshots")
+    return reports
+
+
+def markdown_tables(reports: list[tuple[dict, str]]) -> str:
+    """Markdown tables of several meta runs of one zoo, models side by side.
+
+    Categorical targets: test accuracy with its 95% interval (the ensemble for slice
+    models) and the mean over targets, for the targets every model has; regression
+    targets: mean absolute error and Spearman's rank correlation. A target's chance
+    level comes from the first report that has it.
+    """
+    columns: dict[str, dict] = {}  # model name -> {target: result}
+    targets: dict[str, dict] = {}
+    for results, tag in reports:
+        for name, entry in results["targets"].items():
+            targets.setdefault(name, entry)
+            for model, result in entry["models"].items():
+                columns.setdefault(f"{model}-{tag}" if tag else model, {})[name] = result
+    models = list(columns)
+
+    def best(result):
+        return result.get("ensemble") or result["single"]
+
+    lines = []
+    categorical = [t for t, e in targets.items() if e["kind"] == "classification"]
+    if categorical:
+        lines += ["| target | chance | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]
+        for name in categorical:
+            cells = [f"{100 * best(columns[m][name])['accuracy']:.1f}% ± {100 * best(columns[m][name])['ci95']:.1f}"
+                     if name in columns[m] else "-" for m in models]
+            lines.append(f"| {name} ({len(targets[name]['classes'])}) | {100 * targets[name]['chance']:.1f}% | " + " | ".join(cells) + " |")
+        shared = [t for t in categorical if all(t in columns[m] for m in models)]
+        means = [np.mean([best(columns[m][t])["accuracy"] for t in shared]) for m in models]
+        chance = np.mean([targets[t]["chance"] for t in shared]) if shared else float("nan")
+        lines.append(f"| **mean** ({len(shared)} targets) | {100 * chance:.1f}% | " + " | ".join(f"**{100 * v:.1f}%**" for v in means) + " |")
+    regression = [t for t, e in targets.items() if e["kind"] == "regression"]
+    if regression:
+        lines += ["", "| target (MAE, Spearman) | chance MAE | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]
+        for name in regression:
+            cells = [f"{best(columns[m][name])['mae']:.4g} ({best(columns[m][name])['spearman']:.2f})"
+                     if name in columns[m] else "-" for m in models]
+            lines.append(f"| {name} | {targets[name]['chance']:.4g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
