@@ -303,7 +303,8 @@ class UnitSet(nn.Module):
     different random subset of a layer's units each time. As the pooling does not care
     which units it averages, this is an augmentation that costs nothing; at evaluation
     every unit is used. On the 320-network zoo of docs/results.md, ``keep=0.5`` raised
-    test accuracy on four of six categorical targets over ``keep=1`` (0.25 was worse).
+    test accuracy over ``keep=1`` on all six categorical targets (by 1 to 9 points, each
+    inside the 95% intervals; the mean by 4.1 points); ``keep=0.25`` was below 0.5 on five.
 
     Attributes:
       outputs: classes (or 1 for regression).
