@@ -146,4 +146,5 @@ def test_run_writes_report_and_repeats_exactly(cli, zoo, tmp_path, capsys):
     moved = dict(again, split={**again["split"], "test": again["split"]["test"][1:]})
     (other / "results.json").write_text(json.dumps(moved))
     assert "another zoo, split or snapshot range" in _error(table, capsys, str(first), str(other))
+    assert "is in two of the reports" in _error(table, capsys, str(first), str(second))
     assert "no readable results.json" in _error(table, capsys, str(first), str(tmp_path))

@@ -109,15 +109,22 @@ def markdown_tables(reports: list[tuple[dict, str]]) -> str:
     Categorical targets: test accuracy with its 95% interval (the ensemble for slice
     models) and the mean over targets, for the targets every model has; regression
     targets: mean absolute error and Spearman's rank correlation. A target's chance
-    level comes from the first report that has it.
+    level comes from the first report that has it. A model that two reports hold for
+    one target must be told apart with a tag (:func:`read_reports`).
     """
+    from nwsjax.errors import ConfigError
+
     columns: dict[str, dict] = {}  # model name -> {target: result}
     targets: dict[str, dict] = {}
     for results, tag in reports:
         for name, entry in results["targets"].items():
             targets.setdefault(name, entry)
             for model, result in entry["models"].items():
-                columns.setdefault(f"{model}-{tag}" if tag else model, {})[name] = result
+                column = columns.setdefault(f"{model}-{tag}" if tag else model, {})
+                if name in column:
+                    raise ConfigError(f"model {model} on target {name} is in two of the reports; name one of them "
+                                      "FOLDER@TAG to show both")
+                column[name] = result
     models = list(columns)
 
     def best(result):
