@@ -95,11 +95,11 @@ def read_reports(specs: list[str]) -> list[tuple[dict, str]]:
             raise ConfigError(f"{folder}: its meta run has not finished (results.json has no summary); wait for it or rerun it")
         reports.append((results, tag))
     first = reports[0][0]
+    same = lambda r: (r["zoo"]["path"], r.get("split"), r.get("snapshots"))  # noqa: E731
     for (results, _), spec in zip(reports[1:], specs[1:]):
-        for key in ("split", "snapshots"):
-            if results.get(key) != first.get(key) or results["zoo"]["path"] != first["zoo"]["path"]:
-                raise ConfigError(f"{spec.partition('@')[0]}: another zoo, split or snapshot range than {specs[0]}; "
-                                  "side-by-side tables need runs of one zoo with one --seed and --snapshots")
+        if same(results) != same(first):
+            raise ConfigError(f"{spec.partition('@')[0]}: another zoo, split or snapshot range than {specs[0]}; "
+                              "side-by-side tables need runs of one zoo with one --seed and --snapshots")
     return reports
 
 
