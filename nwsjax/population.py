@@ -277,8 +277,12 @@ class _Cohort:
             init, train, evaluate = (_sharded(f, self.config.devices, shared) for f, shared in
                                      ((init, ()), (train, (6,)), (evaluate, ())))
         start = time.perf_counter()
-        states = jax.jit(lambda k: init(k, None, None) if self.config.devices == 1 else _fresh(init, k))(knobs)
+        # The first states come from the refill program itself (every slot refilled over
+        # zeros): one initialization program to compile per cohort, not two.
+        shapes = jax.eval_shape(lambda k: map_members(strategy, lambda m: step.init_member(model, m), [k]), knobs)
+        zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
         self._init = jax.jit(init, donate_argnums=(1,))
+        states = self._init(knobs, zeros, np.ones(len(jax.tree.leaves(knobs)[0]), bool))
         self._programs = (train, evaluate)
         self.compile_seconds += time.perf_counter() - start
         self.footprint = 0
@@ -552,12 +556,6 @@ def _sharded(fn: Callable, devices: int, shared: tuple[int, ...]) -> Callable:
         return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P("pop"), check_vma=False)(*args)
 
     return wrapped
-
-
-def _fresh(init: Callable, knobs):
-    """Initial states from a sharded ``init`` (which needs array arguments throughout)."""
-    n = jax.tree.leaves(knobs)[0].shape[0]
-    return init(knobs, None, jnp.ones(n, bool))
 
 
 def _snapshot_shapes(member: MemberConfig, snapshots: int):
