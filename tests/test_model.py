@@ -9,10 +9,11 @@ from nwsjax.model import ACTIVATIONS, Architecture, NWSNet, count_weights, flatt
 
 
 def shapes(arch, **kw):
-    variables = NWSNet(arch, **kw).init(
-        {"params": jax.random.key(0)}, jnp.zeros((2, 32, 32, 3)), activation=0, initialization=2
+    """Parameter shapes of ``arch`` (traced only: nothing is computed)."""
+    init = lambda key: NWSNet(arch, **kw).init(  # noqa: E731
+        {"params": key}, jnp.zeros((2, 32, 32, 3)), activation=0, initialization=2
     )
-    return jax.tree.map(lambda x: x.shape, variables["params"])
+    return jax.tree.map(lambda x: x.shape, jax.eval_shape(init, jax.random.key(0))["params"])
 
 
 def test_fixed_architecture_layers_and_about_92k_weights():
@@ -80,9 +81,10 @@ def test_traced_activation_and_im2col_conv_match_the_plain_model():
     x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
     net = NWSNet(arch)
     variables = net.init({"params": jax.random.key(0)}, x, activation=0, initialization=3)
+    apply_traced = jax.jit(lambda v, a: net.apply(v, x, activation=a))  # one program for every activation
     for index in range(len(ACTIVATIONS)):
         plain = net.apply(variables, x, activation=index)
-        traced = jax.jit(lambda v, a: net.apply(v, x, activation=a))(variables, jnp.int32(index))
+        traced = apply_traced(variables, jnp.int32(index))
         np.testing.assert_allclose(traced, plain, rtol=1e-5, atol=1e-6)
         im2col = NWSNet(arch, conv_impl="im2col").apply(variables, x, activation=index)
         np.testing.assert_allclose(im2col, plain, rtol=1e-4, atol=1e-5)

@@ -18,26 +18,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY, train_zoo
-from nwsjax.data import subset
+from conftest import EPOCHS, base_member, leaves, train_zoo
 from nwsjax.model import Architecture, NWSNet
 from nwsjax.reference import train_member
-from nwsjax.space import sample_members, unchecked
-from nwsjax.strategy import Strategy
+from nwsjax.space import unchecked
 from nwsjax.zoo import snapshot_exports
-
-EPOCHS = 2
-
-
-def leaves(tree):
-    return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
-
-
-def base_member(**changes):
-    pins = dict(TINY, batch_size=128, optimizer="adam", activation="relu", initialization="glorot_uniform",
-                augmentation="off", batch_norm="off")
-    pins.update(changes)
-    return sample_members(1, seed=11, datasets=["digits"], pins=pins)[0]
 
 
 @pytest.fixture(scope="module")
@@ -134,53 +119,6 @@ def test_batch_norm_members_match_the_reference(batch_norm_population, small_dig
             # Noise-driven steps reach the function slowly: the same network still, but
             # not to float tolerance (RMSProp's first step is +-3.16 lr for any gradient).
             assert agree >= 0.9, (member.optimizer, agree)
-
-
-@pytest.fixture(scope="module")
-def references(population, small_digits):
-    """Single-model references of members 0, 2, 3 per conv implementation, computed once."""
-    _, members = population
-    cache = {}
-
-    def get(conv):
-        if conv not in cache:
-            cache[conv] = [train_member(members[i], small_digits, EPOCHS, conv_impl=conv)["params"] for i in (0, 2, 3)]
-        return cache[conv]
-
-    return get
-
-
-@pytest.mark.parametrize(
-    "strategy, compaction",
-    [(Strategy("vmap", "xla"), False), (Strategy("vmap", "im2col"), True), (Strategy("chunked", "im2col", chunk=2), False)],
-)
-def test_every_strategy_gives_the_reference_weights(tmp_path, small_digits, population, references, strategy, compaction):
-    """Members 0, 2, 3 under each strategy equal their single-model references.
-
-    With ``compaction`` the vmap cohort also holds three members on a dataset half as
-    large: they finish halfway, leaving half the slots idle, and the cohort moves its
-    three remaining members to a program of width 3 (tail compaction) to finish there.
-    (Not with vmap+xla: its grouped convolutions round differently at width 6 than 3,
-    and the augmented elu member amplifies that to ~1e-3; im2col's batched products
-    do not depend on the width.)
-    """
-    _, members = population
-    cohort = [members[i] for i in (0, 2, 3)]
-    datasets = {"digits": small_digits}
-    if compaction:
-        half = subset(small_digits, 300)
-        datasets["half"] = type(half)(**{**half.__dict__, "name": "half"})
-        cohort += [dataclasses.replace(members[i], dataset="half") for i in (4, 5, 6)]
-    other, report = train_zoo(tmp_path / "zoo", cohort, datasets, epochs=EPOCHS, strategy=strategy)
-    for row, reference in enumerate(references(strategy.conv)):
-        # Other kernels (grouped convolutions, batched products): float32 rounding apart,
-        # up to 1.1e-4 for the augmented member (bilinear resampling) under vmap+im2col.
-        np.testing.assert_allclose(leaves(other.params([row])), leaves(reference), rtol=1e-5, atol=2e-4)
-    if compaction:
-        (label,) = report.compactions
-        assert report.compactions[label] == 1 and report.slots[label] == 6
-        # 6 slots for the first half, 3 for the second: no idle slot computed.
-        assert report.utilization == 1.0, report.utilization
 
 
 def test_diverging_member_leaves_the_others_bitwise_unchanged(tmp_path, small_digits, population):
