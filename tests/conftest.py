@@ -8,13 +8,15 @@ import tempfile
 
 # Many tests (and the CLIs and notebooks they start as processes) compile the same XLA
 # programs; compiling dominates the suite's time on CPU. One persistent compilation cache
-# for the session, inherited by child processes, compiles each program once. Set here,
-# before anything imports jax. The same HLO gives the same executable: results unchanged.
+# for the session (fresh, so every run starts cold, as on CI), inherited by the xdist
+# workers and child processes (the CLIs read NWSJAX_COMPILE_CACHE), compiles each program
+# once. Set before anything imports jax. The same HLO gives the same executable.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="nwsjax-tests-xla-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ.update(
         JAX_COMPILATION_CACHE_DIR=_cache,
+        NWSJAX_COMPILE_CACHE=_cache,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
