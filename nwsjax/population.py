@@ -252,12 +252,12 @@ class _Cohort:
         chunk = self.config.eval_chunk
         val_chunks, test_chunks = self.eval_chunks
 
+        def fresh(knobs):
+            return map_members(strategy, lambda k: step.init_member(model, k), [knobs])
+
         def init(knobs, states, refill):
-            fresh = map_members(strategy, lambda k: step.init_member(model, k), [knobs])
-            if states is None:
-                return fresh
             keep = lambda f, s: jnp.where(refill.reshape(-1, *[1] * (f.ndim - 1)), f, s)  # noqa: E731
-            return jax.tree.map(keep, fresh, states)
+            return jax.tree.map(keep, fresh(knobs), states)
 
         def train(states, knobs, plans, offsets, positions, steps, n_steps, active):
             fn = lambda s, k, p, o, q, t, a, d: step.train_round(  # noqa: E731
@@ -279,8 +279,7 @@ class _Cohort:
         start = time.perf_counter()
         # The first states come from the refill program itself (every slot refilled over
         # zeros): one initialization program to compile per cohort, not two.
-        shapes = jax.eval_shape(lambda k: map_members(strategy, lambda m: step.init_member(model, m), [k]), knobs)
-        zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+        zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(fresh, knobs))
         self._init = jax.jit(init, donate_argnums=(1,))
         states = self._init(knobs, zeros, np.ones(len(jax.tree.leaves(knobs)[0]), bool))
         self._programs = (train, evaluate)
