@@ -120,6 +120,11 @@ def main(argv=None) -> int:
         config = config_from_args(**values)
     prepared = prepare_run(config, progress=not quiet)
     enable_compilation_cache()
+    # Orbax logs the failures of its background writes with tracebacks; the run reports
+    # them itself (a full disk as one line, anything else re-raised with its traceback).
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
     disk = disk_estimate(prepared)
     if process == 0:
         print(

@@ -5,7 +5,7 @@ line that names the problem and the fix; command-line entry points print it and
 exit with status 2 instead of showing a traceback.
 """
 
-__all__ = ["NWSError", "ConfigError", "DatasetError", "ZooError"]
+__all__ = ["NWSError", "ConfigError", "DatasetError", "ZooError", "DiskFullError"]
 
 
 class NWSError(Exception):
@@ -22,3 +22,7 @@ class DatasetError(NWSError):
 
 class ZooError(NWSError):
     """A zoo folder is missing, partial, corrupt or of another format version."""
+
+
+class DiskFullError(ZooError):
+    """The disk filled up while a zoo was written; what was committed stays, ``--resume`` continues."""

@@ -25,7 +25,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -36,10 +35,10 @@ from nwsjax import optim, step
 from nwsjax.data import Dataset
 from nwsjax.errors import ConfigError
 from nwsjax.model import Architecture, NWSNet, count_weights
-from nwsjax.space import PROPERTIES, MemberConfig, option_index
+from nwsjax.space import MemberConfig, option_index
 from nwsjax.stopping import StoppingConfig, stop_reason
 from nwsjax.strategy import Strategy, default_strategy, map_members
-from nwsjax.zoo import ZooWriter, snapshot_exports
+from nwsjax.zoo import Spill, ZooWriter, snapshot_exports
 
 __all__ = ["TrainConfig", "PopulationReport", "train_population", "cohort_key"]
 
@@ -196,11 +195,10 @@ class _Slot:
     config: MemberConfig
     placement: _Placement
     steps_per_epoch: int
-    spill: Path
+    spill: Spill
     epoch: int = 0  # epochs completed
     position: int = 0  # steps done in the current epoch
     steps: int = 0  # steps done in total
-    exports: int = 0
     loss_sum: float = 0.0
     correct_sum: float = 0.0
     val_history: list = dataclasses.field(default_factory=list)
@@ -351,7 +349,7 @@ class _Cohort:
                 f"member {member_id}: dataset {member.dataset} has {placement.train[1]} training "
                 f"images, fewer than batch_size={member.batch_size}; use a smaller batch size"
             )
-        return _Slot(member_id, member, placement, steps_per_epoch, self.writer.spill_path(member_id))
+        return _Slot(member_id, member, placement, steps_per_epoch, self.writer.spill(member_id))
 
     def _plan(self, slot: _Slot) -> np.ndarray:
         order = step.epoch_order(
@@ -362,16 +360,14 @@ class _Cohort:
         return plan
 
     def _export(self, slot: _Slot, tree) -> None:
-        vector = self.flattener.flat(tree)
-        with open(slot.spill, "ab") as f:
-            f.write(vector.tobytes())
-        slot.exports += 1
+        self.writer.fault("export")
+        slot.spill.append(self.flattener.flat(tree))
 
     def _finish(self, slot: _Slot, status: str, reason: str, final_tree) -> None:
         if status == "diverged":
             self._export(slot, final_tree)  # the last finite weights close the record
-        rows = np.fromfile(slot.spill, np.float32).reshape(slot.exports, -1)
-        picks = snapshot_exports(slot.exports, self.config.snapshots)
+        rows = slot.spill.read()
+        picks = snapshot_exports(len(rows), self.config.snapshots)
         vectors = rows[picks - 1]
         last = slot.curves[-1] if slot.curves else {}
         counts = count_weights(self.arch)
@@ -384,7 +380,7 @@ class _Cohort:
             "weightn_fc": counts["fc"],
             "epochs": slot.epoch,
             "steps": slot.steps,
-            "exports": slot.exports,
+            "exports": len(rows),
             "snapshot_exports": [int(p) for p in picks],
             "status": status,
             "stop_reason": reason,
@@ -394,7 +390,7 @@ class _Cohort:
             "test_acc": last.get("test_acc", float("nan")),
         }
         self.writer.add_member(self.label, self.arch, record, self.flattener.unflat(vectors), slot.curves)
-        slot.spill.unlink()
+        slot.spill.discard()
 
     # -- the loop ------------------------------------------------------------------
     def _fill(self):

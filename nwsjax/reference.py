@@ -10,7 +10,6 @@ inside a population must end with the weights this path gives.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax

@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from nwsjax.data import Dataset, load_dataset, resolve_dataset, subset
-from nwsjax.errors import ConfigError
+from nwsjax.errors import ConfigError, DiskFullError
 from nwsjax.population import PopulationReport, TrainConfig, train_population
 from nwsjax.space import MAX_MEMBERS, MemberConfig, parse_pins, sample_members
 from nwsjax.stopping import StoppingConfig
 from nwsjax.strategy import default_strategy, parse_strategy
-from nwsjax.zoo import FORMAT, ZooWriter, read_info
+from nwsjax.zoo import FORMAT, ZooWriter, lock_zoo, never_started, read_info
 
 __all__ = [
     "RunConfig",
@@ -101,7 +101,7 @@ def _check_out(config: RunConfig) -> Path:
     existing = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"--out {out}: {existing} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(out.iterdir()) and not never_started(out):
         info = out / "zoo.json"
         try:
             is_zoo = info.is_file() and json.loads(info.read_text()).get("format") == FORMAT
@@ -111,6 +111,7 @@ def _check_out(config: RunConfig) -> Path:
             raise ConfigError(f"--out {out}: folder is not empty and holds no zoo; choose another --out")
         if not config.overwrite:
             raise ConfigError(f"--out {out}: holds a zoo already; pass --overwrite to replace it or choose another --out")
+        lock_zoo(out).release()  # refuses a zoo that a live run is still writing
     return out
 
 
@@ -211,7 +212,10 @@ def check_disk(prepared: PreparedRun) -> dict[str, float]:
 
 
 def run_population(
-    prepared: PreparedRun, *, on_progress: Callable[[dict], None] | None = None
+    prepared: PreparedRun,
+    *,
+    on_progress: Callable[[dict], None] | None = None,
+    fault: Callable[[str], None] | None = None,
 ) -> PopulationReport:
     """Trains a prepared run and writes its zoo to ``prepared.config.out``.
 
@@ -222,52 +226,106 @@ def run_population(
     first and writes its tables last, between barriers (the timings recorded in
     zoo.json are process 0's). With ``config.resume`` the committed members of the
     interrupted run are kept and the others trained again.
+
+    A full disk stops the run with a :class:`DiskFullError` that says how much space
+    the rest needs; what was committed stays, and ``--resume`` continues once space
+    is free. ``fault`` is passed to the :class:`~nwsjax.zoo.ZooWriter` (tests).
     """
     import jax
 
     config = prepared.config
     process, processes = jax.process_index(), jax.process_count()
     out = Path(config.out)
-    options = dict(members_per_part=config.members_per_part, process=process, processes=processes)
+    options = dict(members_per_part=config.members_per_part, process=process, processes=processes, fault=fault)
     _barrier("nwsjax-prepared")  # every process has checked --out before process 0 changes it
     writer = None
-    if process == 0 and not config.resume:
-        _check_out(config)
-        if out.is_dir() and config.overwrite:
-            shutil.rmtree(out)
-        run_config = {
-            "run": dataclasses.asdict(config),
-            "train": dataclasses.asdict(prepared.train),
-            "strategy": (prepared.train.strategy or default_strategy()).name,
-            "datasets": {name: dataset_record(ds) for name, ds in prepared.datasets.items()},
-        }
-        writer = ZooWriter(out, run_config, **options)
-    _barrier("nwsjax-created")
-    writer = writer or ZooWriter(out, **options)
-    report = train_population(
-        prepared.members,
-        prepared.datasets,
-        writer,
-        prepared.train,
-        assigned=assign_members(prepared.members, process, processes),
-        on_progress=on_progress,
-    )
-    _barrier("nwsjax-trained")
-    if process == 0:
-        writer.close(
-            expected=len(prepared.members),
-            seconds=report.seconds,
-            compile_seconds=report.compile_seconds,
-            member_steps=report.member_steps,
-            slot_steps=report.slot_steps,
-            utilization=report.utilization,
-            images=report.images,
-            compactions=report.compactions,
-            processes=processes,
-            resumed=config.resume,
+    try:
+        if process == 0 and not config.resume:
+            _check_out(config)
+            if out.is_dir() and (config.overwrite or never_started(out)):
+                shutil.rmtree(out)
+            writer = ZooWriter(out, _zoo_config(prepared), **options)
+        _barrier("nwsjax-created")
+        writer = writer or ZooWriter(out, **options)
+        report = train_population(
+            prepared.members,
+            prepared.datasets,
+            writer,
+            prepared.train,
+            assigned=assign_members(prepared.members, process, processes),
+            on_progress=on_progress,
         )
+        _barrier("nwsjax-trained")
+        if process == 0:
+            _close(writer, prepared, report)
+        else:
+            writer.detach()
+    except Exception as err:
+        if writer is not None:
+            writer.detach()
+        if _disk_full(err):
+            raise DiskFullError(_disk_full_message(prepared)) from None
+        raise
     _barrier("nwsjax-closed")
     return report
+
+
+def _zoo_config(prepared: PreparedRun) -> dict:
+    """What zoo.json records of the run: its settings, training config, strategy and datasets."""
+    return {
+        "run": dataclasses.asdict(prepared.config),
+        "train": dataclasses.asdict(prepared.train),
+        "strategy": (prepared.train.strategy or default_strategy()).name,
+        "datasets": {name: dataset_record(ds) for name, ds in prepared.datasets.items()},
+    }
+
+
+def _close(writer: ZooWriter, prepared: PreparedRun, report: PopulationReport) -> None:
+    """Writes the zoo's tables and marks it complete, with the run's timings in zoo.json."""
+    writer.close(
+        expected=len(prepared.members),
+        seconds=report.seconds,
+        compile_seconds=report.compile_seconds,
+        member_steps=report.member_steps,
+        slot_steps=report.slot_steps,
+        utilization=report.utilization,
+        images=report.images,
+        compactions=report.compactions,
+        processes=writer.processes,
+        resumed=prepared.config.resume,
+    )
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it, e.g. inside an Orbax write) is a full disk or quota."""
+    import errno
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(err) or "Disk quota exceeded" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _disk_full_message(prepared: PreparedRun) -> str:
+    """One line: the disk is full, how much the rest of the run needs, and how to go on."""
+    from nwsjax.zoo import committed_members
+
+    out = Path(prepared.config.out).absolute()
+    estimate = disk_estimate(prepared)
+    left = 1 - len(committed_members(out)) / max(len(prepared.members), 1)
+    need = estimate["zoo"] * left + estimate["scratch"]
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    free = shutil.disk_usage(existing).free
+    return (
+        f"--out {out}: disk full while writing the zoo ({free / 1e6:.1f} MB free); the rest of the run needs "
+        f"about {need / 1e6:.1f} MB; free space, then continue with --resume --out {prepared.config.out} "
+        "(committed members are kept)"
+    )
 
 
 def assign_members(members: Sequence[MemberConfig], process: int, processes: int) -> list[int]:
@@ -327,6 +385,9 @@ def resume_config(out: str, given: Mapping[str, Any]) -> RunConfig:
     """
     if given.get("overwrite"):
         raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+    if never_started(out):
+        # Killed before its zoo.json was written: nothing was trained, the run starts over.
+        return config_from_args(**dict(given, out=str(out), resume=None, overwrite=None))
     run = read_info(out, running=True).get("config", {}).get("run")
     if not isinstance(run, dict):
         raise ConfigError(f"--resume {out}: this zoo holds no population.py run settings; start a new run instead")

@@ -32,7 +32,7 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,10 @@ from nwsjax.errors import ZooError
 from nwsjax.model import Architecture, Segment, flatten, layout
 from nwsjax.space import PROPERTY_NAMES
 
-__all__ = ["FORMAT", "VERSION", "ZooWriter", "Zoo", "open_zoo", "read_info", "snapshot_exports"]
+__all__ = [
+    "FORMAT", "VERSION", "ZooWriter", "Spill", "Zoo", "open_zoo", "read_info", "snapshot_exports",
+    "lock_zoo", "never_started",
+]
 
 FORMAT = "nwsjax-zoo"
 VERSION = 1
@@ -125,6 +128,12 @@ class ZooWriter:
         process other than 0 of a multi-host run) and takes over its committed parts.
       members_per_part: members (per process) per Orbax checkpoint.
       process, processes: this process's index and the number of processes.
+      fault: called with the name of each point where a kill or a write error can hit
+        (``"export"``, ``"part-rows-written"``, ``"part-save-started"``,
+        ``"tables-written"``); the interruption tests pass one that kills the process
+        or raises ``OSError(ENOSPC)`` there. None: nothing.
+
+    Only one live process per index writes a zoo (:func:`lock_zoo`).
     """
 
     def __init__(
@@ -135,15 +144,19 @@ class ZooWriter:
         members_per_part: int = 16,
         process: int = 0,
         processes: int = 1,
+        fault: Callable[[str], None] | None = None,
     ):
         import orbax.checkpoint as ocp
 
         self.path = Path(path)
         self.members_per_part = members_per_part
         self.process, self.processes = process, processes
-        self.work = self.path / "work"
+        self.work = self.path / "work" / f"process-{process}"
+        self.fault = fault or (lambda point: None)
         if run_config is not None:
-            (self.path / "snapshots").mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_zoo(self.path, process)
+        if run_config is not None:
             self.info = {
                 "format": FORMAT,
                 "version": VERSION,
@@ -153,9 +166,9 @@ class ZooWriter:
                 "versions": software_versions(),
             }
             _write_json(self.path / "zoo.json", self.info)
+            (self.path / "snapshots").mkdir(exist_ok=True)
         else:
             self.info = read_info(self.path, running=True)
-        self.work.mkdir(exist_ok=True)
         self._checkpointer = ocp.StandardCheckpointer()
         self._buffers: dict[str, list] = {}
         self._next_part: dict[str, int] = {}
@@ -163,19 +176,24 @@ class ZooWriter:
         self.committed = self._take_over()
         self._written = 0
         self._epochs = 0
-        self._faults: dict[str, int] = {}
 
     # -- what is on disk ---------------------------------------------------------------
     def _take_over(self) -> set[int]:
         """Removes uncommitted leftovers; returns the committed member ids.
 
-        Every process sees the same committed parts; each removes its own orphaned rows
-        files, process 0 the temporary folders of unfinished checkpoints.
+        A run can be killed at any instruction, so everything it may leave is either
+        committed (a part whose Orbax folder is final, with its rows file) and reused,
+        or removed here: this process's rows files of parts that never committed, its
+        scratch folder (exports of members that were training: they train again from
+        their start), half-written ``*.tmp`` files, and (process 0) Orbax's temporary
+        folders. Every process sees the same committed parts.
         """
         committed: set[int] = set()
-        for sidecar in self.path.glob(f"snapshots/*/part-*.rows-{self.process}.json"):
-            if not _part_dir(sidecar).is_dir():
-                sidecar.unlink()  # its checkpoint never committed: its members train again
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        for leftover in self.path.glob(f"snapshots/*/part-*.rows-{self.process}.json*"):
+            if leftover.name.endswith(".tmp") or not _part_dir(leftover).is_dir():
+                leftover.unlink()  # its checkpoint never committed: its members train again
         for part_dir, rows in _committed_rows(self.path):
             committed.update(int(r["member"]) for r in rows["members"])
             self.committed_epochs += len(rows["curves"])
@@ -184,23 +202,9 @@ class ZooWriter:
         if self.process == 0:
             for leftover in self.path.glob("snapshots/*/part-*.orbax-checkpoint-tmp*"):
                 shutil.rmtree(leftover, ignore_errors=True)
+            for leftover in self.path.glob("*.tmp"):
+                leftover.unlink(missing_ok=True)
         return committed
-
-    def _fault(self, point: str) -> None:
-        """Kills this process with SIGKILL at ``point`` when ``NWSJAX_KILL_AT`` asks for it.
-
-        A hook for the interruption tests: ``NWSJAX_KILL_AT=part-save-started:2`` kills
-        the process right after it started writing its second part (the write still in
-        flight), exactly as ``kill -9`` would. Unset (always, outside those tests), nothing.
-        """
-        spec = os.environ.get("NWSJAX_KILL_AT", "")
-        if not spec.startswith(point + ":"):
-            return
-        self._faults[point] = self._faults.get(point, 0) + 1
-        if self._faults[point] == int(spec.split(":")[1]):
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
 
     @property
     def members_added(self) -> int:
@@ -212,11 +216,9 @@ class ZooWriter:
         """Epochs of the members added through this writer."""
         return self._epochs
 
-    def spill_path(self, member: int) -> Path:
-        """A scratch file for one member's exports while it trains."""
-        path = self.work / f"member-{member:06d}.f32"
-        path.unlink(missing_ok=True)
-        return path
+    def spill(self, member: int) -> Spill:
+        """A new, empty scratch file for ``member``'s exports while it trains."""
+        return Spill(self.work / f"member-{member:06d}.f32")
 
     def add_member(self, cohort: str, arch: Architecture, record: dict, snapshots, curves: Sequence[dict]) -> None:
         """Adds a finished member.
@@ -232,6 +234,7 @@ class ZooWriter:
         self._buffers.setdefault(cohort, []).append((record, {"params": params, "batch_stats": batch_stats}, list(curves)))
         self._written += 1
         self._epochs += len(curves)
+
         if self.processes == 1 and len(self._buffers[cohort]) >= self.members_per_part:
             self.flush_cohort(cohort)
 
@@ -274,9 +277,9 @@ class ZooWriter:
         if self.processes > 1:
             tree = jax.tree.map(self._global_rows, tree)
         _write_json(self.path / f"{part}.rows-{self.process}.json", rows)
-        self._fault("part-rows-written")
+        self.fault("part-rows-written")
         self._checkpointer.save((self.path / part).absolute(), tree)
-        self._fault("part-save-started")
+        self.fault("part-save-started")
 
     def _global_rows(self, local: np.ndarray):
         """``local`` ``[n <= m, ...]`` as this process's block of a global ``[P * m, ...]`` array."""
@@ -304,6 +307,19 @@ class ZooWriter:
             raise RuntimeError(f"cohorts never flushed: {sorted(self._buffers)}")
         self._checkpointer.wait_until_finished()
 
+    def detach(self) -> None:
+        """Stops writing without closing the zoo: the writer lock is released.
+
+        For a process other than 0 once its share is committed, and after an error:
+        what is committed stays, the zoo stays "running" (``--resume`` continues it),
+        and in-flight writes are cleaned up by the next writer (:meth:`_take_over`).
+        """
+        try:
+            self._checkpointer.close()
+        except Exception:  # noqa: BLE001 - the error that brought us here is the one to report
+            pass
+        self._lock.release()
+
     def close(self, expected: int | None = None, **summary) -> None:
         """Writes the tables from every committed part and marks the zoo complete.
 
@@ -326,9 +342,105 @@ class ZooWriter:
         if len(curves):
             curves = curves.sort_values(["member", "epoch"]).reset_index(drop=True)
         _write_parquet(self.path / "curves.parquet", curves)
-        shutil.rmtree(self.work, ignore_errors=True)
+        self.fault("tables-written")
+        shutil.rmtree(self.work.parent, ignore_errors=True)
         self.info.update(summary, status="complete")
         _write_json(self.path / "zoo.json", self.info)
+        self._lock.release()
+
+
+class Spill:
+    """One training member's exports, appended as float32 vectors to a scratch file.
+
+    The file is created empty (whatever an earlier, killed attempt left there is
+    dropped), and :meth:`read` returns exactly the vectors appended through this
+    object, so a stale or foreign tail can never be mistaken for an export.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.count = 0
+        self.size: int | None = None
+        path.write_bytes(b"")
+
+    def append(self, vector: np.ndarray) -> None:
+        """Appends one export, float32 ``[D]`` (every export of a member has the same D)."""
+        vector = np.ascontiguousarray(vector, np.float32)
+        if self.size is None:
+            self.size = vector.size
+        if vector.size != self.size:
+            raise ValueError(f"{self.path}: export of {vector.size} values, earlier ones had {self.size}")
+        with open(self.path, "r+b") as f:
+            f.seek(self.count * self.size * 4)
+            f.write(vector.tobytes())
+        self.count += 1
+
+    def read(self) -> np.ndarray:
+        """Every export so far: float32 ``[count, D]``."""
+        rows = np.fromfile(self.path, np.float32, count=self.count * (self.size or 0))
+        if rows.size != self.count * (self.size or 0):
+            raise ZooError(f"{self.path}: scratch file cut short (another process removed it?); resume the run")
+        return rows.reshape(self.count, -1)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class _ZooLock:
+    """An exclusive ``flock`` on ``<zoo>/.writer-P.lock``: one writing process per index.
+
+    The kernel drops the lock when its process dies, ``kill -9`` included, so a killed
+    run never leaves a stale lock behind; a second live writer (a run still going when
+    its resume starts) is refused instead of interleaving its files with the first's.
+    """
+
+    def __init__(self, path: Path, process: int):
+        import fcntl
+
+        self.path = path / f".writer-{process}.lock"
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise ZooError(
+                f"{path}: another process is writing this zoo (it holds {self.path.name}); "
+                "wait for it to finish or stop it, then resume with --resume"
+            ) from None
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self.path.unlink(missing_ok=True)
+            self._file.close()
+
+
+def lock_zoo(path: str | os.PathLike, process: int = 0) -> _ZooLock:
+    """Takes the writer lock of process ``process`` on the zoo folder ``path`` (see :class:`_ZooLock`)."""
+    return _ZooLock(Path(path), process)
+
+
+def never_started(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder a run was killed in before it wrote zoo.json.
+
+    Such a folder is empty or holds only what creating a zoo writes first (writer
+    locks, a half-written ``zoo.json.tmp``, empty ``snapshots``/``work`` folders):
+    no member was trained, so the run can start over in it.
+    """
+    path = Path(path)
+    if not path.is_dir() or (path / "zoo.json").exists():
+        return False
+    for item in path.iterdir():
+        if item.is_dir():
+            if item.name not in ("snapshots", "work") or any(item.rglob("*.json")):
+                return False
+        elif not (item.name == "zoo.json.tmp" or (item.name.startswith(".writer-") and item.name.endswith(".lock"))):
+            return False
+    return True
+
+
+def committed_members(path: str | os.PathLike) -> set[int]:
+    """Ids of the members in the committed parts of the zoo (running or complete) at ``path``."""
+    return {int(r["member"]) for _, rows in _committed_rows(Path(path)) for r in rows["members"]}
 
 
 def _committed_rows(path: Path):

@@ -41,7 +41,7 @@ def test_depth_is_spread_over_blocks_from_the_last(arch, conv_layers, channels, 
     params = shapes(arch)
     got = tuple(params[f"conv{i}"]["kernel"][-1] for i in range(conv_layers))
     assert got == channels and f"conv{conv_layers}" not in params
-    assert params[f"conv0"]["kernel"][:2] == (arch.filter_size, arch.filter_size)
+    assert params["conv0"]["kernel"][:2] == (arch.filter_size, arch.filter_size)
     assert tuple(params[f"fc{i}"]["kernel"][-1] for i in range(arch.depth_fc)) == fc_widths
     assert ("conv0_bn" in params) == arch.batch_norm
     total = sum(int(np.prod(s)) for s in jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, tuple)))

@@ -17,19 +17,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
+from cli_runs import ROOT, assert_same_zoo, committed_members, finish, wait_for
+from cli_runs import population as run_cli
 from nwsjax.errors import ZooError
 from nwsjax.zoo import open_zoo
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 MEMBERS = 6
 ARGS = [
     "--members", str(MEMBERS), "--dataset", "digits", "--max-images", "200", "--epochs", "2", "--min-epochs", "2",
@@ -49,18 +46,8 @@ def env(tmp_path_factory):
     )
 
 
-def population(out, *extra, env, kill_at=None, **popen):
-    """Starts ``population.py`` with the shared arguments; returns the Popen."""
-    env = dict(env, NWSJAX_KILL_AT=kill_at) if kill_at else env
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "experiments" / "population.py"), *ARGS, "--out", str(out), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, **popen,
-    )
-
-
-def finish(process, timeout=900):
-    out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err
+def population(out, *extra, env, fault=None, **popen):
+    return run_cli(out, *extra, env=env, args=ARGS, fault=fault, **popen)
 
 
 @pytest.fixture(scope="module")
@@ -69,47 +56,6 @@ def uninterrupted(tmp_path_factory, env):
     rc, _, err = finish(population(out, env=env))
     assert rc == 0, err
     return open_zoo(out)
-
-
-def committed_members(path: Path) -> list[int]:
-    """Member ids of every committed part on disk (a member twice would show twice)."""
-    import json
-
-    ids = []
-    for sidecar in path.glob("snapshots/*/part-*.rows-*.json"):
-        if sidecar.with_name(sidecar.name.split(".")[0]).is_dir():
-            ids += [row["member"] for row in json.loads(sidecar.read_text())["members"]]
-    return ids
-
-
-def assert_same_zoo(zoo, reference):
-    """Same members, tables and every snapshot of every member, bitwise."""
-    where = ["part", "row"]
-    pd.testing.assert_frame_equal(zoo.members.drop(columns=where), reference.members.drop(columns=where))
-    pd.testing.assert_frame_equal(zoo.curves, reference.curves)
-    for member in reference.members.index:
-        for snapshot in range(1, reference.num_snapshots + 1):
-            np.testing.assert_array_equal(zoo.flat([member], snapshot), reference.flat([member], snapshot))
-            for a, b in zip(
-                jax_leaves(zoo.batch_stats([member], snapshot)), jax_leaves(reference.batch_stats([member], snapshot))
-            ):
-                np.testing.assert_array_equal(a, b)
-
-
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
-
-
-def wait_for(condition, process, timeout=600):
-    """Polls ``condition`` every 10 ms while ``process`` runs; True once it holds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and process.poll() is None:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def kill_when(condition):
@@ -123,12 +69,12 @@ def kill_when(condition):
 
 
 KILLS = {
-    # members mid-training (a kill during a step, as the steps take nearly all the time), one part committed
+    # members mid-training, one part committed (random moments: tests/test_kill_anywhere.py)
     "training": kill_when(lambda out: lambda: any(p.is_dir() for p in out.glob("snapshots/*/part-00000"))),
     # a part's rows written, its checkpoint not started
-    "rows-written": lambda out, env: population(out, env=env, kill_at="part-rows-written:2"),
+    "rows-written": lambda out, env: population(out, env=env, fault="part-rows-written:2:kill"),
     # the second part's checkpoint write in flight (Orbax writes asynchronously)
-    "checkpoint-writing": lambda out, env: population(out, env=env, kill_at="part-save-started:2"),
+    "checkpoint-writing": lambda out, env: population(out, env=env, fault="part-save-started:2:kill"),
 }
 
 
