@@ -45,9 +45,12 @@ from nwsjax.space import PROPERTY_NAMES  # noqa: E402
 
 DEFAULTS = RunConfig()
 
-# With no arguments at all: a population that trains in a few minutes on a laptop CPU.
-# One architecture and batch size make it one cohort, so it compiles once.
+# Without options that shape the population: one that trains in a few minutes on a
+# laptop CPU. One architecture and batch size make it one cohort, so it compiles once.
 DEMO = ["--members", "16", "--fixed-architecture", "--set", "batch_size=64", "--epochs", "10"]
+# The options that say what population to train; any other (--out, --seed, --quiet,
+# --strategy, ...) leaves the demo as it is.
+POPULATION_OPTIONS = ("members", "datasets", "epochs", "min_epochs", "fixed_architecture", "pins", "max_images")
 
 
 def parse_args(argv):
@@ -104,10 +107,10 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv:
-        print(f"no arguments: the demo population, as population.py {' '.join(DEMO)}", file=sys.stderr)
-        argv = DEMO
     args = parse_args(argv)
+    if not args.resume and all(getattr(args, name) is None for name in POPULATION_OPTIONS):
+        print(f"the demo population, as population.py {' '.join(DEMO)}", file=sys.stderr)
+        args = parse_args(DEMO + argv)
     values = vars(args)
     quiet = values.pop("quiet")
     process = join_processes(values.pop("coordinator"), values.pop("num_processes"), values.pop("process_id"))

@@ -26,7 +26,7 @@ from nwsjax.errors import ConfigError
 __all__ = ["Strategy", "default_strategy", "parse_strategy", "map_members"]
 
 BATCHINGS = ("vmap", "map", "chunked")
-CONVS = ("xla", "im2col")
+CONVS = ("xla", "im2col", "canonical")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +35,9 @@ class Strategy:
 
     Attributes:
       batching: ``"vmap"``, ``"map"`` or ``"chunked"``.
-      conv: ``"xla"`` (``lax.conv``) or ``"im2col"`` (shifted slices + matmul).
+      conv: ``"xla"`` (``lax.conv``), ``"im2col"`` (shifted slices + matmul) or
+        ``"canonical"`` (``lax.conv`` with backward passes in XLA:CPU's fast layout,
+        :func:`nwsjax.model.conv_canonical`).
       chunk: members per vmapped chunk for ``"chunked"``.
     """
 
@@ -60,7 +62,7 @@ class Strategy:
 def default_strategy(backend: str | None = None) -> Strategy:
     """The strategy chosen for ``backend`` (default: JAX's default backend)."""
     backend = backend or jax.default_backend()
-    return Strategy("map", "im2col") if backend == "cpu" else Strategy("vmap", "im2col")
+    return Strategy("map", "canonical") if backend == "cpu" else Strategy("vmap", "im2col")
 
 
 def parse_strategy(text: str) -> Strategy:
@@ -73,7 +75,7 @@ def parse_strategy(text: str) -> Strategy:
         batching, chunk = "chunked", int(batching[7:])
     if batching not in BATCHINGS:
         raise ConfigError(
-            f"--strategy {text}: unknown; use auto, vmap, map or chunkedN, optionally +xla or +im2col"
+            f"--strategy {text}: unknown; use auto, vmap, map or chunkedN, optionally +xla, +im2col or +canonical"
         )
     return Strategy(batching, conv or "xla", chunk)
 

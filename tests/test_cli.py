@@ -119,3 +119,42 @@ def test_sharded_over_devices_gives_the_same_zoo_bitwise(zoo_dir, tmp_path):
     for snapshot in (1, 2):
         np.testing.assert_array_equal(two.flat(range(4), snapshot=snapshot), one.flat(range(4), snapshot=snapshot))
     assert two.members.equals(one.members)
+
+
+class _Prepared(Exception):
+    """Raised by the stand-in for ``run_population``: carries the run the CLI prepared."""
+
+
+@pytest.mark.parametrize(
+    "argv, demo",
+    [
+        ([], True),
+        (["--out", "mine", "--seed", "3", "--quiet"], True),  # unrelated options keep the demo
+        (["--strategy", "map", "--snapshots", "5"], True),
+        (["--members", "3", "--out", "mine"], False),  # a population option: the sampled space
+        (["--set", "optimizer=adam"], False),
+    ],
+)
+def test_demo_defaults_do_not_depend_on_unrelated_options(argv, demo, tmp_path, monkeypatch, capfd):
+    """Through the CLI's main: which population each command line prepares (training stubbed out)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("population_cli_demo", SCRIPT)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    def prepared_only(prepared, **_):
+        raise _Prepared(prepared)
+
+    monkeypatch.setattr(cli, "run_population", prepared_only)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(_Prepared) as caught:
+        cli.main(argv)
+    prepared = caught.value.args[0]
+    config = prepared.config
+    demo_members = len(prepared.members) == 16 and config.fixed_architecture and config.epochs == 10
+    assert demo_members == demo, (argv, config)
+    assert ("the demo population" in capfd.readouterr().err) == demo
+    if demo:
+        assert {m.batch_size for m in prepared.members} == {64}
+        assert config.seed == (3 if "--seed" in argv else 0) and config.snapshots == (5 if "--snapshots" in argv else 20)

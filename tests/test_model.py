@@ -1,11 +1,23 @@
 """The NWS CNN family: layer shapes, parameter counts, flattening order, conv variants."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nwsjax.model import ACTIVATIONS, Architecture, NWSNet, count_weights, flatten, layout, unflatten
+from nwsjax.model import (
+    ACTIVATIONS,
+    Architecture,
+    NWSNet,
+    conv_canonical,
+    conv_xla,
+    count_weights,
+    flatten,
+    layout,
+    max_pool_2x2,
+    unflatten,
+)
 
 
 def shapes(arch, **kw):
@@ -101,3 +113,30 @@ def test_initializations_take_effect():
     assert 0.9 < kernels[1].std() < 1.1
     assert kernels[2].std() < 0.2 and kernels[3].std() < 0.2
     assert not np.array_equal(kernels[2], kernels[3])
+
+
+@pytest.mark.parametrize("size", [3, 5, 7])
+def test_canonical_conv_gives_lax_conv_values_and_gradients_bitwise(size):
+    """The trainer's convolution: same outputs and gradients as ``lax.conv`` and its autodiff."""
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+    kernel = jax.random.normal(jax.random.key(1), (size, size, 3, 5))
+    want, want_vjp = jax.vjp(conv_xla, x, kernel)
+    got, got_vjp = jax.vjp(conv_canonical, x, kernel)
+    dy = jax.random.normal(jax.random.key(2), want.shape)
+    np.testing.assert_array_equal(got, want)
+    for g, w in zip(got_vjp(dy), want_vjp(dy)):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_like_flax():
+    """Ties (zeros after ReLU) send the whole gradient to the first maximum of the window, as nn.max_pool does."""
+    x = jnp.maximum(jnp.round(jax.random.normal(jax.random.key(0), (2, 8, 8, 3))), 0.0)
+    pool = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
+    want, want_vjp = jax.vjp(pool, x)
+    got, got_vjp = jax.vjp(max_pool_2x2, x)
+    dy = jax.random.normal(jax.random.key(3), want.shape)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_vjp(dy)[0], want_vjp(dy)[0])
+    window = jnp.zeros((1, 2, 2, 1))  # four equal values: the top-left one takes the gradient
+    (grad,) = jax.vjp(max_pool_2x2, window)[1](jnp.ones((1, 1, 1, 1)))
+    np.testing.assert_array_equal(grad.ravel(), [1.0, 0.0, 0.0, 0.0])

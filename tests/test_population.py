@@ -22,7 +22,11 @@ from conftest import EPOCHS, base_member, leaves, train_zoo
 from nwsjax.model import Architecture, NWSNet
 from nwsjax.reference import train_member
 from nwsjax.space import unchecked
+from nwsjax.strategy import default_strategy
 from nwsjax.zoo import snapshot_exports
+
+
+CONV = default_strategy().conv  # the reference path runs the trainer's convolution
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,7 @@ def population(tmp_path_factory, small_digits):
 @pytest.mark.parametrize("member", [0, 1, 2, 3])
 def test_member_matches_single_model_reference(population, small_digits, member):
     zoo, members = population
-    reference = train_member(members[member], small_digits, EPOCHS, conv_impl="im2col")
+    reference = train_member(members[member], small_digits, EPOCHS, conv_impl=CONV)
     got = zoo.params([member])
     np.testing.assert_allclose(leaves(got), leaves(reference["params"]), rtol=1e-5, atol=2e-5)
     # The recorded per-epoch training loss is the reference's, too.
@@ -96,7 +100,7 @@ def test_batch_norm_members_match_the_reference(batch_norm_population, small_dig
     zoo, members = batch_norm_population
     x = small_digits.test_images[:256].astype(np.float32) / 255.0
     for i, member in enumerate(members):
-        reference = train_member(member, small_digits, EPOCHS, conv_impl="im2col")
+        reference = train_member(member, small_digits, EPOCHS, conv_impl=CONV)
         params, stats = zoo.params([i]), zoo.batch_stats([i])
         if member.optimizer == "momentum":
             np.testing.assert_allclose(leaves(params), leaves(reference["params"]), rtol=1e-5, atol=2e-5)
