@@ -150,7 +150,7 @@ class Library:
 
     def __init__(self, members, digits: Dataset, steps: int):
         self.members = members
-        self.arch = Architecture.of(members[0])
+        self.arch = Architecture.of(members[0], digits.num_classes)
         self.data = step.DeviceData(jnp.asarray(digits.train_images), jnp.asarray(digits.train_labels))
         n = len(digits.train_labels)
         self.plans = np.stack([step.epoch_order(m.seed, 0, n, BATCH)[:steps] for m in members])

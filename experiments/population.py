@@ -108,8 +108,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if not args.resume and all(getattr(args, name) is None for name in POPULATION_OPTIONS):
-        print(f"the demo population, as population.py {' '.join(DEMO)}", file=sys.stderr)
+    demo = not args.resume and all(getattr(args, name) is None for name in POPULATION_OPTIONS)
+    if demo:
         args = parse_args(DEMO + argv)
     values = vars(args)
     quiet = values.pop("quiet")
@@ -129,6 +129,8 @@ def main(argv=None) -> int:
 
     logging.getLogger("absl").setLevel(logging.CRITICAL)
     disk = disk_estimate(prepared)
+    if process == 0 and demo:
+        print(f"the demo population, as population.py {' '.join(DEMO)}", file=sys.stderr)
     if process == 0:
         print(
             f"{'resuming' if config.resume else 'training'} {len(prepared.members)} members on "

@@ -74,7 +74,8 @@ class Architecture:
     num_classes: int = 10
 
     @classmethod
-    def of(cls, member: MemberConfig, num_classes: int = 10) -> Architecture:
+    def of(cls, member: MemberConfig, num_classes: int) -> Architecture:
+        """The architecture of ``member`` with an output layer of ``num_classes`` (its dataset's classes)."""
         return cls(
             member.filter_size,
             member.depth_conv,

@@ -34,13 +34,13 @@ import numpy as np
 from nwsjax import optim, step
 from nwsjax.data import Dataset
 from nwsjax.errors import ConfigError
-from nwsjax.model import Architecture, NWSNet, count_weights
+from nwsjax.model import Architecture, NWSNet
 from nwsjax.space import MemberConfig, option_index
 from nwsjax.stopping import StoppingConfig, stop_reason
 from nwsjax.strategy import Strategy, default_strategy, map_members
-from nwsjax.zoo import Spill, ZooWriter, snapshot_exports
+from nwsjax.zoo import Spill, ZooWriter
 
-__all__ = ["TrainConfig", "PopulationReport", "train_population", "cohort_key"]
+__all__ = ["TrainConfig", "PopulationReport", "train_population", "cohort_key", "group_cohorts"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,18 +105,45 @@ class PopulationReport:
     def utilization(self) -> float:
         return self.member_steps / max(self.slot_steps, 1)
 
+    def add_cohort(self, label: str, cohort: _Cohort) -> None:
+        """Adds what one trained cohort measured."""
+        self.compile_seconds[label] = cohort.compile_seconds
+        self.footprint_bytes[label] = cohort.footprint
+        self.slots[label] = cohort.initial_slots
+        self.compactions[label] = cohort.compactions
+        self.member_steps += cohort.member_steps
+        self.slot_steps += cohort.slot_steps
+        self.images += cohort.images
+
+    def record(self) -> dict:
+        """What zoo.json keeps of the run: every field plus the utilization."""
+        return dict(dataclasses.asdict(self), utilization=self.utilization)
+
     @property
     def steps_per_second(self) -> float:
         return self.member_steps / max(self.seconds, 1e-9)
 
 
-def cohort_key(member: MemberConfig) -> tuple:
-    """Members with equal keys share every static shape and train in one program."""
-    return (*member.architecture, member.batch_norm, member.batch_size)
+def cohort_key(member: MemberConfig, num_classes: int) -> tuple:
+    """Members with equal keys share every static shape and train in one program.
+
+    ``num_classes``: classes of the member's dataset (the width of its output layer).
+    """
+    return (*member.architecture, member.batch_norm, member.batch_size, num_classes)
 
 
-def cohort_label(member: MemberConfig) -> str:
-    return f"{Architecture.of(member).label()}-b{member.batch_size}"
+def group_cohorts(members: Sequence[MemberConfig], num_classes: Mapping[str, int]) -> dict[tuple, list[int]]:
+    """Member ids by cohort key, in member order (``num_classes``: per dataset name)."""
+    cohorts: dict[tuple, list[int]] = {}
+    for i, member in enumerate(members):
+        cohorts.setdefault(cohort_key(member, num_classes[member.dataset]), []).append(i)
+    return cohorts
+
+
+def cohort_label(member: MemberConfig, num_classes: int) -> str:
+    """The cohort's folder name in the zoo, e.g. ``f5-c3-d2-w8-u128-b64`` (``-k20`` for 20 classes)."""
+    classes = "" if num_classes == 10 else f"-k{num_classes}"
+    return f"{Architecture.of(member, num_classes).label()}-b{member.batch_size}{classes}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,27 +193,6 @@ def _stack(items: Sequence[Any]):
     return jax.tree.map(lambda *xs: np.stack(xs), *items)
 
 
-class _Flattener:
-    """Member state tree (params + batch stats) <-> one float32 vector, for spill files."""
-
-    def __init__(self, tree):
-        self.treedef = jax.tree.structure(tree)
-        self.shapes = [np.shape(x) for x in jax.tree.leaves(tree)]
-        self.sizes = [int(np.prod(s)) for s in self.shapes]
-
-    def flat(self, tree) -> np.ndarray:
-        return np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(tree)])
-
-    def unflat(self, vectors: np.ndarray):
-        """``[..., D]`` -> tree with leaves ``[..., *shape]``."""
-        lead = vectors.shape[:-1]
-        leaves, offset = [], 0
-        for shape, size in zip(self.shapes, self.sizes):
-            leaves.append(vectors[..., offset : offset + size].reshape(*lead, *shape))
-            offset += size
-        return jax.tree.unflatten(self.treedef, leaves)
-
-
 @dataclasses.dataclass
 class _Slot:
     """Host-side bookkeeping of the member training in one slot."""
@@ -209,7 +215,8 @@ class _Slot:
 class _Cohort:
     """Trains the members of one cohort, refilling slots as members finish."""
 
-    def __init__(self, label, member_ids, members, data, placements, config, strategy, writer, progress, width):
+    def __init__(self, label, member_ids, members, data, placements, config, strategy, writer, progress, width,
+                 num_classes):
         self.label = label
         self.pending = list(member_ids)
         self.members = members
@@ -220,7 +227,7 @@ class _Cohort:
         self.writer = writer
         self.progress = progress
         first = members[member_ids[0]]
-        self.arch = Architecture.of(first)
+        self.arch = Architecture.of(first, num_classes)
         self.batch_size = first.batch_size
         self.model = NWSNet(self.arch, conv_impl=strategy.conv)
         width = min(width, config.max_slots)  # the whole cohort's: a resumed rest trains in the same program
@@ -365,36 +372,16 @@ class _Cohort:
 
     def _export(self, slot: _Slot, tree) -> None:
         self.writer.fault("export")
-        slot.spill.append(self.flattener.flat(tree))
+        slot.spill.append(tree)
 
     def _finish(self, slot: _Slot, status: str, reason: str, final_tree) -> None:
         if status == "diverged":
             self._export(slot, final_tree)  # the last finite weights close the record
-        rows = slot.spill.read()
-        picks = snapshot_exports(len(rows), self.config.snapshots)
-        vectors = rows[picks - 1]
-        last = slot.curves[-1] if slot.curves else {}
-        counts = count_weights(self.arch)
-        record = {
-            "member": slot.member,
-            **slot.config.to_dict(),
-            "architecture": self.arch.label(),
-            "cohort": self.label,
-            "weightn_conv": counts["conv"],
-            "weightn_fc": counts["fc"],
-            "epochs": slot.epoch,
-            "steps": slot.steps,
-            "exports": len(rows),
-            "snapshot_exports": [int(p) for p in picks],
-            "status": status,
-            "stop_reason": reason,
-            "train_loss": last.get("train_loss", float("nan")),
-            "train_acc": last.get("train_acc", float("nan")),
-            "val_acc": last.get("val_acc", float("nan")),
-            "test_acc": last.get("test_acc", float("nan")),
-        }
-        self.writer.add_member(self.label, self.arch, record, self.flattener.unflat(vectors), slot.curves)
-        slot.spill.discard()
+        self.writer.finish_member(
+            slot.member, slot.config.to_dict(), cohort=self.label, arch=self.arch, spill=slot.spill,
+            curves=slot.curves, epochs=slot.epoch, steps=slot.steps, status=status, reason=reason,
+            snapshots=self.config.snapshots,
+        )
 
     # -- the loop ------------------------------------------------------------------
     def _fill(self):
@@ -420,7 +407,6 @@ class _Cohort:
             slots, knobs, states = self._fill()
         self.initial_slots = self.n_slots
         host = jax.device_get((states.params, states.batch_stats))
-        self.flattener = _Flattener(jax.tree.map(lambda x: x[0], host))
         for i, slot in enumerate(slots):
             if slot is not None:
                 self._export(slot, jax.tree.map(lambda x: x[i], host))
@@ -520,16 +506,16 @@ class _Cohort:
 def compiler_options(program: str, backend: str | None = None) -> dict:
     """XLA options for a cohort's ``"init"`` or ``"step"`` (train and evaluate) programs.
 
-    On CPU, compiling took most of a short run (about 20 s per cohort), and LLVM's
-    optimization is most of that. Measured on the fixed architecture (2-core x86 CPU,
-    jax 0.10.2): backend optimization level 1 compiles the train program ~10% and the
-    init program ~60% faster with unchanged step time (29-31 ms per member-step either
-    way); level 0 makes steps 4-5x slower, so only the init program, which runs once
-    per member, uses it. Other backends: XLA's defaults.
+    On CPU the init program (threefry and initializer kernels, run once per member)
+    compiles at backend optimization level 0: 6.6 -> 1.8 s for the fixed architecture
+    (2-core x86 CPU, jax 0.10.2), same values. The train program keeps XLA's default:
+    level 1 compiled it only ~10% faster and rounds differently from the single-model
+    reference path, enough for a batch-norm member to drift 2.5e-3 away in two epochs.
+    Other backends: XLA's defaults.
     """
-    if (backend or jax.default_backend()) != "cpu":
-        return {}
-    return {"xla_backend_optimization_level": 0 if program == "init" else 1}
+    if program == "init" and (backend or jax.default_backend()) == "cpu":
+        return {"xla_backend_optimization_level": 0}
+    return {}
 
 
 def eval_plan(counts: Sequence[int], most: int) -> tuple[int, int]:
@@ -583,9 +569,9 @@ def _sharded(fn: Callable, devices: int, shared: tuple[int, ...]) -> Callable:
     return wrapped
 
 
-def _snapshot_shapes(member: MemberConfig, snapshots: int):
+def _snapshot_shapes(member: MemberConfig, num_classes: int, snapshots: int):
     """``{"params", "batch_stats"}`` of ``jax.ShapeDtypeStruct`` ``[snapshots, *shape]`` for ``member``."""
-    model = NWSNet(Architecture.of(member))
+    model = NWSNet(Architecture.of(member, num_classes))
     state = jax.eval_shape(lambda k: step.init_member(model, k), knobs_of(member))
     stacked = lambda x: jax.ShapeDtypeStruct((snapshots, *x.shape), x.dtype)  # noqa: E731
     return {"params": jax.tree.map(stacked, state.params), "batch_stats": jax.tree.map(stacked, state.batch_stats)}
@@ -630,9 +616,8 @@ def train_population(
         raise ConfigError(f"members use datasets that were not loaded: {', '.join(missing)}")
     strategy = config.strategy or default_strategy()
     data, placements = place_datasets(datasets)
-    everyone: dict[tuple, list[int]] = {}
-    for i, member in enumerate(members):
-        everyone.setdefault(cohort_key(member), []).append(i)
+    classes = {name: dataset.num_classes for name, dataset in datasets.items()}
+    everyone = group_cohorts(members, classes)
     mine = set(range(len(members)) if assigned is None else assigned)
     groups = {key: [i for i in ids if i in mine] for key, ids in everyone.items()}
     start = time.perf_counter()
@@ -655,20 +640,16 @@ def train_population(
     for number, key in enumerate(sorted(everyone, key=lambda k: (-len(everyone[k]), k))):
         ids = [i for i in groups[key] if i not in writer.committed]
         counters["cohort"] = number + 1
-        label = cohort_label(members[everyone[key][0]])
+        first = members[everyone[key][0]]
+        label = cohort_label(first, classes[first.dataset])
         if not ids:
-            writer.flush_cohort(label, like=_snapshot_shapes(members[everyone[key][0]], config.snapshots))
+            writer.flush_cohort(label, like=_snapshot_shapes(first, classes[first.dataset], config.snapshots))
             continue
-        cohort = _Cohort(label, ids, members, data, placements, config, strategy, writer, progress, len(groups[key]))
+        cohort = _Cohort(label, ids, members, data, placements, config, strategy, writer, progress,
+                         len(groups[key]), classes[first.dataset])
         cohort.run()
         writer.flush_cohort(label)
-        report.compile_seconds[label] = cohort.compile_seconds
-        report.footprint_bytes[label] = cohort.footprint
-        report.slots[label] = cohort.initial_slots
-        report.compactions[label] = cohort.compactions
-        report.member_steps += cohort.member_steps
-        report.slot_steps += cohort.slot_steps
-        report.images += cohort.images
+        report.add_cohort(label, cohort)
     writer.wait()
     report.seconds = time.perf_counter() - start
     return report

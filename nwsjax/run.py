@@ -21,7 +21,7 @@ import pandas as pd
 
 from nwsjax.data import Dataset, load_dataset, resolve_dataset, subset
 from nwsjax.errors import ConfigError, DiskFullError
-from nwsjax.population import PopulationReport, TrainConfig, train_population
+from nwsjax.population import PopulationReport, TrainConfig, group_cohorts, train_population
 from nwsjax.space import MAX_MEMBERS, MemberConfig, parse_pins, sample_members
 from nwsjax.stopping import StoppingConfig
 from nwsjax.strategy import default_strategy, parse_strategy
@@ -252,7 +252,7 @@ def run_population(
             prepared.datasets,
             writer,
             prepared.train,
-            assigned=assign_members(prepared.members, process, processes),
+            assigned=assign_members(prepared, process, processes),
             on_progress=on_progress,
         )
         _barrier("nwsjax-trained")
@@ -284,13 +284,7 @@ def _close(writer: ZooWriter, prepared: PreparedRun, report: PopulationReport) -
     """Writes the zoo's tables and marks it complete, with the run's timings in zoo.json."""
     writer.close(
         expected=len(prepared.members),
-        seconds=report.seconds,
-        compile_seconds=report.compile_seconds,
-        member_steps=report.member_steps,
-        slot_steps=report.slot_steps,
-        utilization=report.utilization,
-        images=report.images,
-        compactions=report.compactions,
+        **report.record(),
         processes=writer.processes,
         resumed=prepared.config.resume,
     )
@@ -328,17 +322,14 @@ def _disk_full_message(prepared: PreparedRun) -> str:
     )
 
 
-def assign_members(members: Sequence[MemberConfig], process: int, processes: int) -> list[int]:
+def assign_members(prepared: PreparedRun, process: int, processes: int) -> list[int]:
     """The member ids process ``process`` of ``processes`` trains.
 
     Every cohort is dealt round-robin, so each process gets an equal share of each
     static shape (and no cohort is compiled by one process only). Returns sorted ids.
     """
-    from nwsjax.population import cohort_key
-
-    cohorts: dict[tuple, list[int]] = {}
-    for i, member in enumerate(members):
-        cohorts.setdefault(cohort_key(member), []).append(i)
+    classes = {name: dataset.num_classes for name, dataset in prepared.datasets.items()}
+    cohorts = group_cohorts(prepared.members, classes)
     return sorted(i for ids in cohorts.values() for i in ids[process::processes])
 
 

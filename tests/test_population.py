@@ -106,7 +106,7 @@ def test_batch_norm_members_match_the_reference(batch_norm_population, small_dig
             np.testing.assert_allclose(leaves(params), leaves(reference["params"]), rtol=1e-5, atol=2e-5)
         # Training-mode forward (batch statistics, the same dropout mask): batch norm
         # cancels the noise-driven biases here, so both networks compute the same function.
-        net = NWSNet(Architecture.of(member))
+        net = NWSNet(Architecture.of(member, small_digits.num_classes))
         take = lambda t: jax.tree.map(lambda a: a[0], t)  # noqa: E731
 
         def logits(p, s):

@@ -114,3 +114,20 @@ def test_population_larger_than_memory_trains_in_fewer_slots(tmp_path, mixed):
     for snapshot in (1, 3):
         np.testing.assert_array_equal(np.stack(tight.flat(range(5), snapshot=snapshot)),
                                       np.stack(zoo.flat(range(5), snapshot=snapshot)))
+
+
+def test_a_dataset_with_twenty_classes_gets_a_twenty_wide_head(tmp_path, digits):
+    """The output layer follows the member's dataset, not a default of 10; cohorts never mix class counts."""
+    small = subset(digits, 300)
+    relabel = lambda labels: (labels + 10 * (np.arange(len(labels)) % 2)).astype(labels.dtype)  # noqa: E731
+    twenty = type(small)(**{**small.__dict__, "name": "twenty", "num_classes": 20,
+                            "train_labels": relabel(small.train_labels), "val_labels": relabel(small.val_labels),
+                            "test_labels": relabel(small.test_labels)})
+    members = sample_members(2, seed=4, datasets=["digits", "twenty"], pins=dict(TINY, batch_size=128, batch_norm="off"))
+    members = [members[0].__class__(**{**members[0].__dict__, "dataset": name}) for name in ("digits", "twenty")]
+    zoo, report = train_zoo(tmp_path / "zoo", members, {"digits": small, "twenty": twenty}, epochs=1, snapshots=2)
+    assert len(report.compile_seconds) == 2  # one architecture, two class counts: two cohorts
+    for member, classes in ((0, 10), (1, 20)):
+        assert zoo.architecture(member).num_classes == classes
+        assert zoo.params([member])["out"]["kernel"].shape[-1] == classes
+    assert zoo.members.loc[1, "cohort"].endswith("-k20") and not zoo.members.loc[0, "cohort"].endswith("-k20")
