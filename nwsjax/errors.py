@@ -17,7 +17,10 @@ class ConfigError(NWSError, ValueError):
 
 
 class DatasetError(NWSError):
-    """A dataset cannot be found, read or prepared."""
+    """A dataset cannot be found, read or prepared (the message is folded onto one line)."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).splitlines()))
 
 
 class ZooError(NWSError):

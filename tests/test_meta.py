@@ -18,8 +18,8 @@ from nwsjax.meta import data as D
 from nwsjax.meta import train as T
 from nwsjax.meta.models import DMC, UNIT_FEATURES, UnitSet, dmc_plan, statistic_names, unit_count, unit_tokens, weight_statistics
 from nwsjax.meta.reader import WeightReader
-from nwsjax.model import Architecture, count_weights, layout, unflatten
-from nwsjax.zoo import Zoo, ZooWriter, open_zoo
+from nwsjax.model import Architecture, count_weights, flatten, layout, unflatten
+from nwsjax.zoo import WeightSource, Zoo, ZooWriter, open_zoo
 
 SMALL = Architecture(3, 3, 2, 4, 64)  # 20,682 weights, 1,632 in the conv part
 DEEPER = Architecture(3, 3, 3, 4, 64)  # another length and one more layer, for mixed zoos
@@ -143,6 +143,29 @@ def test_reader_reports_missing_part(tmp_path):
     shutil.rmtree(zoo.path / zoo.members["part"].iloc[0])
     with pytest.raises(ZooError, match="incomplete"):
         list(WeightReader(zoo).read([0], [1]))
+
+
+def test_read_rows_is_the_seam_under_params_and_flat(mixed_zoo):
+    """``Zoo.read_rows``: the rows asked for (any order, repeats) of one snapshot, as params() and flat() see them."""
+    assert isinstance(mixed_zoo, WeightSource)
+    members = mixed_zoo.members
+    part = members["part"].iloc[0]
+    mine = members.index[members["part"] == part].to_numpy()  # members_per_part=3: one architecture
+    rows = members.loc[mine, "row"].to_numpy()
+    order = [2, 0, 2, 1]
+    got = mixed_zoo.read_rows(part, rows[order], 2)
+    assert set(got) == {"params", "batch_stats"}
+    want = mixed_zoo.params(mine[order], snapshot=2)
+    for layer, leaves in want.items():
+        for name, value in leaves.items():
+            np.testing.assert_array_equal(got["params"][layer][name], value)
+    np.testing.assert_array_equal(flatten(got["params"], mixed_zoo.architecture(int(mine[0]))),
+                                  mixed_zoo.flat(mine[order], snapshot=2))
+    assert [decode(v[7]) for v in mixed_zoo.flat(mine[order], snapshot=2)] == [(m, 2, 7) for m in mine[order]]
+    np.testing.assert_array_equal(got["batch_stats"]["conv0_bn"]["var"], mixed_zoo.batch_stats(mine[order], 2)["conv0_bn"]["var"])
+    assert list(mixed_zoo.read_rows(part, rows[:1], 1, ("params",))) == ["params"]
+    with pytest.raises(ZooError, match="snapshots 1..3"):
+        mixed_zoo.read_rows(part, rows, 4)
 
 
 # --------------------------------------------------------------------------- #
@@ -528,6 +551,40 @@ def test_regression_learns_a_planted_learning_rate(lrate_zoo):
     chance = T.metrics(target, np.full(len(samples["test"]), np.median(samples["train"].y), np.float32), samples["test"])
     assert single["mae"] < 0.6 * chance["mae"], (single, chance)
     assert single["spearman"] > 0.7
+
+
+def test_regression_metrics_on_known_values():
+    """Kendall's tau, Spearman and R^2 of hand-checkable predictions (one network per sample)."""
+    target = D.Target("test_acc", "regression")
+    y = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    samples = D.Samples(np.arange(4), np.ones(4, np.int64), y)
+    exact = T.metrics(target, y.copy(), samples)
+    assert exact["mae"] == 0 and exact["kendall_tau"] == 1 and exact["spearman"] == 1 and exact["r2"] == 1
+    swapped = T.metrics(target, np.array([0.2, 0.1, 0.3, 0.4], np.float32), samples)
+    # one discordant pair of six: tau = (5 - 1) / 6; R^2 = 1 - 0.02 / 0.05
+    np.testing.assert_allclose([swapped["kendall_tau"], swapped["r2"]], [4 / 6, 0.6], rtol=1e-5)
+    mean = T.metrics(target, np.full(4, 0.25, np.float32), samples)
+    assert mean["kendall_tau"] == 0 and abs(mean["r2"]) < 1e-6
+
+
+def test_learning_rate_schedule_is_the_reference_staircase():
+    """optax's staircase decay as the reference's: ``lrate * decay ** floor(step / (total // decays))``."""
+    settings = T.TrainSettings(lrate=1e-3, decay=0.95, decays=50)
+    rates = T.learning_rates(settings, 1000)  # period 20: the rate drops at steps 20, 40, ..., 980
+    assert rates.dtype == np.float32 and rates.shape == (1000,)
+    pinned = {0: 1e-3, 19: 1e-3, 20: 9.5e-4, 39: 9.5e-4, 40: 9.025e-4, 999: 1e-3 * 0.95**49}
+    for step, value in pinned.items():
+        assert rates[step] == np.float32(value), (step, rates[step], value)
+    assert list(np.flatnonzero(np.diff(rates)) + 1) == list(range(20, 1000, 20))
+    for total, decays in ((1000, 50), (12, 50), (12, 3), (99_991, 7)):  # 12 // 50 = 0: a period of 1 step
+        settings = T.TrainSettings(lrate=3e-4, decay=0.9, decays=decays)
+        period = max(1, total // decays)
+        hand = np.array([np.float32(3e-4 * 0.9 ** (k // period)) for k in range(total)])
+        np.testing.assert_array_equal(T.learning_rates(settings, total), hand)
+    with pytest.raises(ConfigError, match="decays=0"):
+        T.TrainSettings(decays=0)
+    with pytest.raises(ConfigError, match="decay=1.5"):
+        T.TrainSettings(decay=1.5)
 
 
 def test_stats_baseline_learns_planted_targets(planted_zoo, lrate_zoo):

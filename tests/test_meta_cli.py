@@ -111,7 +111,7 @@ def test_run_writes_report_and_repeats_exactly(cli, zoo, tmp_path, capsys):
     assert "ensemble" not in optimizer["models"]["units"] and set(optimizer["analyses"]["where"]) == {"set"}
     assert 0 <= optimizer["models"]["set"]["ensemble"]["accuracy"] <= 1
     lrate = results["targets"]["lrate"]["models"]["stats"]["single"]
-    assert {"mae", "ci95", "spearman"} <= set(lrate)
+    assert {"mae", "ci95", "spearman", "kendall_tau", "r2"} <= set(lrate)
     assert set(results["split"]["train"]).isdisjoint(results["split"]["test"])
     where = optimizer["analyses"]["where"]["set"]
     assert len(where["metric"]) == 5 and where["boundaries"][0]["layer"] == "conv0"

@@ -19,6 +19,7 @@ from nwsjax.meta import data as D
 from nwsjax.meta.models import UNIT_FEATURES, unit_tokens
 from nwsjax.meta.reader import WeightReader
 from nwsjax.model import count_weights
+from nwsjax.zoo import WeightSource
 
 from format_files import write_nws_lists, write_nws_network, write_small_cnn_zoo
 from test_formats_smallcnnzoo import VARIABLES, WIDTH
@@ -140,6 +141,12 @@ def test_test_accuracy_per_snapshot(nws_lists, scz_root):
                              (2, 3), seed=0)
     np.testing.assert_allclose(samples["test"].y, [0.5, 0.9 + 0.030, 0.5, 0.931, 0.5, 0.932, 0.5, 0.933, 0.5, 0.934,
                                                    0.5, 0.935], rtol=1e-6)
+
+
+def test_format_zoos_are_weight_sources(nws_lists, scz_root):
+    for zoo in (open_any([nws_lists["train"], nws_lists["test"]]), open_any(scz_root)):
+        assert isinstance(zoo, WeightSource)
+        assert list(zoo.storage_parts([5, 2])) == ["", ""]  # every network stored on its own
 
 
 def test_reader_reads_format_zoos_with_flat(nws_lists, scz_root):

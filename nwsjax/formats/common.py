@@ -1,8 +1,9 @@
 """Shared pieces of the public zoo formats.
 
 * :class:`FileZoo`: the read side of the :class:`nwsjax.zoo.Zoo` API (``members``,
-  ``num_snapshots``, ``flat``, ``params``, ``architecture``, ``layout``, ``curves``)
-  over per-member vectors that a format module reads from its own files.
+  ``num_snapshots``, ``flat``, ``params``, ``architecture``, ``layout``, ``curves``;
+  a :class:`nwsjax.zoo.WeightSource`) over per-member vectors that a format module
+  reads from its own files.
 * :func:`infer_architecture`: which member of our architecture family, if any, has
   given conv and FC lengths (the number of classes is solved from the FC length).
 * :func:`export_history`: one row per export of one of our members (export 1 the
@@ -24,7 +25,7 @@ import pandas as pd
 from nwsjax.errors import ZooError
 from nwsjax.model import Architecture, Segment, count_weights, layout, unflatten
 from nwsjax.space import ARCHITECTURE_PROPERTIES, PROPERTY_NAMES
-from nwsjax.zoo import snapshot_exports
+from nwsjax.zoo import check_ids, check_snapshot, one_architecture, snapshot_exports
 
 __all__ = [
     "FileZoo",
@@ -210,7 +211,7 @@ class FileZoo:
 
     def architecture(self, member: int) -> Architecture:
         """``member``'s architecture in our family; ZooError when its lengths fit none."""
-        member = self._ids([member])[0]
+        member = check_ids(self.members, [member])[0]
         row = self.members.loc[member]
         arch = infer_architecture(self._props(member), row["weightn_conv"], row["weightn_fc"])
         if arch is None:
@@ -224,22 +225,9 @@ class FileZoo:
         """Where each parameter array of ``member`` sits in its flat vector."""
         return layout(self.architecture(member))
 
-    def _ids(self, ids) -> list[int]:
-        ids = [int(i) for i in np.atleast_1d(np.asarray(ids))]
-        unknown = [i for i in ids if i not in self.members.index]
-        if unknown:
-            index = self.members.index
-            known = f"{index.min()}..{index.max()}" if len(index) else "none"
-            raise ZooError(f"unknown member ids {unknown[:5]}; this zoo has ids {known}")
-        return ids
-
-    def _snapshot(self, snapshot: int | None) -> int:
-        k = self.num_snapshots
-        if snapshot is None:
-            return k
-        if not isinstance(snapshot, (int, np.integer)) or not 1 <= snapshot <= k:
-            raise ZooError(f"snapshot={snapshot!r}: this zoo has snapshots 1..{k}")
-        return int(snapshot)
+    def storage_parts(self, ids: Sequence[int]) -> np.ndarray:
+        """``""`` for every member: each is read from its own file or rows, one at a time."""
+        return np.full(len(ids), "", dtype=object)
 
     def flat(self, ids, snapshot: int | None = None) -> np.ndarray | list[np.ndarray]:
         """Flat weight vectors of ``ids`` at ``snapshot`` (1..K, default K), reading only their files.
@@ -248,8 +236,8 @@ class FileZoo:
           float32 ``[len(ids), n_weights]`` when the members share a length, else a
           list of ``[n_weights_i]`` vectors.
         """
-        snapshot = self._snapshot(snapshot)
-        vectors = [self._vector(i, snapshot) for i in self._ids(ids)]
+        snapshot = check_snapshot(snapshot, self.num_snapshots)
+        vectors = [self._vector(i, snapshot) for i in check_ids(self.members, ids)]
         if len({len(v) for v in vectors}) == 1:
             return np.stack(vectors)
         return vectors
@@ -260,14 +248,9 @@ class FileZoo:
         Returns:
           ``{layer: {name: float32 [len(ids), *shape]}}`` (see :func:`nwsjax.model.unflatten`).
         """
-        ids = self._ids(ids)
-        archs = {self.architecture(i) for i in ids}
-        if len(archs) > 1:
-            raise ZooError(
-                "members have different architectures; select ids of one architecture "
-                "(group by zoo.members.architecture) or use flat() per member"
-            )
-        return unflatten(self.flat(ids, snapshot), archs.pop())
+        ids = check_ids(self.members, ids)
+        arch = one_architecture(self, ids)  # before reading: a length that fits no architecture is the error
+        return unflatten(self.flat(ids, snapshot), arch)
 
     def batch_stats(self, ids, snapshot: int | None = None):
         """Not stored by the public formats: always raises ZooError."""

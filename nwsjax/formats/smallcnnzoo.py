@@ -42,6 +42,7 @@ from nwsjax.formats.common import (
 )
 from nwsjax.model import Segment, layout, unflatten
 from nwsjax.space import PROPERTY_NAMES
+from nwsjax.zoo import check_ids, check_snapshot
 
 __all__ = [
     "LAYOUT_COLUMNS",
@@ -304,7 +305,7 @@ class SmallCNNZoo(FileZoo):
 
     def layout(self, member: int) -> list[Segment]:
         """Where each variable of ``member`` sits in the vectors :meth:`flat` returns."""
-        member = self._ids([member])[0]
+        member = check_ids(self.members, [member])[0]
         return list(self._folders[self._rows[member][0]].segments)
 
     def params(self, ids, snapshot: int | None = None):
@@ -314,8 +315,8 @@ class SmallCNNZoo(FileZoo):
           ``{layer: {name: float32 [len(ids), *shape]}}`` with the layers and names of
           layout.csv (TensorFlow/Flax layout; Keras ``gamma``/``beta`` as ``scale``/``bias``).
         """
-        snapshot = self._snapshot(snapshot)
-        ids = self._ids(ids)
+        snapshot = check_snapshot(snapshot, self.num_snapshots)
+        ids = check_ids(self.members, ids)
         layouts = {tuple(self._folders[self._rows[i][0]].variables) for i in ids}
         if len(layouts) > 1:
             raise ZooError("members have different layouts; select ids of one folder (zoo.members.folder)")
@@ -357,18 +358,7 @@ def open(folders, *, snapshots: int | None = None, order: str = "nws") -> SmallC
     k = int(counts.value_counts().idxmax()) if snapshots is None else int(snapshots)
     if k < 1:
         raise ConfigError(f"snapshots={snapshots}: need at least 1")
-    left_out, frames, curves, rows = [], [], [], []
-    for index, ((folder, metrics), networks) in enumerate(zip(loaded, grouped)):
-        left_out += [
-            {"folder": str(folder.path), "network": str(key), "checkpoints": len(r)}
-            for key, r in networks
-            if len(r) != k
-        ]
-        kept = [(key, r) for key, r in networks if len(r) == k]
-        if kept:
-            frames.append(_members_of(folder, metrics, kept))
-            curves.append(_curves_of(metrics, kept))
-            rows += [(index, r) for _, r in kept]
+    left_out, frames, curves, rows = _with_k_checkpoints(loaded, grouped, k)
     if not rows:
         raise ZooError(f"no network has {k} checkpoints; pass snapshots= one of {sorted(set(counts))}")
     members = pd.concat(frames, ignore_index=True)
@@ -392,6 +382,24 @@ def open(folders, *, snapshots: int | None = None, order: str = "nws") -> SmallC
         dict(zip(ids.tolist(), rows)),
         curves_frame.sort_values(["member", "snapshot"], kind="stable", ignore_index=True),
     )
+
+
+def _with_k_checkpoints(loaded: list, grouped: list, k: int) -> tuple[list, list, list, list]:
+    """The networks with ``k`` checkpoints, folder by folder: ``(left_out, member frames,
+    curve frames, (folder index, weights rows) per network)``; the others are left out."""
+    left_out, frames, curves, rows = [], [], [], []
+    for index, ((folder, metrics), networks) in enumerate(zip(loaded, grouped)):
+        left_out += [
+            {"folder": str(folder.path), "network": str(key), "checkpoints": len(r)}
+            for key, r in networks
+            if len(r) != k
+        ]
+        kept = [(key, r) for key, r in networks if len(r) == k]
+        if kept:
+            frames.append(_members_of(folder, metrics, kept))
+            curves.append(_curves_of(metrics, kept))
+            rows += [(index, r) for _, r in kept]
+    return left_out, frames, curves, rows
 
 
 def _networks(folder: _Folder, metrics: pd.DataFrame) -> list[tuple]:

@@ -17,6 +17,8 @@ The public surface:
   :func:`weight_statistics` (the stats baseline's features).
 * Training (:mod:`nwsjax.meta.train`): :class:`TrainSettings`, :class:`ModelOptions`,
   :func:`fit`, :func:`predict`, :func:`fit_stats`, :func:`metrics`, :func:`throughput`.
+* Analyses (:mod:`nwsjax.meta.analyses`): how much (slice length), where (slice
+  position), when (snapshot); :func:`run_meta` runs them.
 
 See docs/meta.md.
 """

@@ -44,6 +44,7 @@ __all__ = [
     "resolve_targets",
     "accuracy_table",
     "parse_snapshots",
+    "format_snapshots",
     "split_networks",
     "split_given",
     "balance",
@@ -264,6 +265,14 @@ def parse_snapshots(spec: str | int | Sequence[int] | None, num_snapshots: int) 
     if bad or not numbers:
         raise ConfigError(f"--snapshots {spec}: out of bounds; this zoo has snapshots 1..{k}, e.g. --snapshots {k // 2 + 1}-{k}")
     return tuple(sorted(set(numbers)))
+
+
+def format_snapshots(snapshots: Sequence[int]) -> str:
+    """Snapshots as :func:`parse_snapshots` reads them: ``"11-20"`` for a range, else ``"3,5,9"``."""
+    snapshots = list(snapshots)
+    if snapshots == list(range(snapshots[0], snapshots[-1] + 1)):
+        return f"{snapshots[0]}-{snapshots[-1]}"
+    return ",".join(map(str, snapshots))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,14 +1,12 @@
-"""Streaming reads of flattened weight vectors out of a zoo's stacked Orbax snapshots.
+"""Streaming reads of flattened weight vectors out of a zoo, with a bounded vector cache.
 
-A zoo stores each cohort's members as Orbax checkpoints ("parts") whose leaves are
-``[members_in_part, K, *shape]`` (:mod:`nwsjax.zoo`). :class:`WeightReader` reads
-only the rows and the one snapshot it needs from each leaf (TensorStore, the storage
-layer under Orbax), flattens them in NWS order (:func:`nwsjax.model.flatten`) and
-hands the vectors out one request at a time. Nothing is copied to disk.
-
-Zoos without Orbax parts (no ``part`` / ``row`` columns: the public formats of
-:mod:`nwsjax.formats`, which store one vector per file or per row) are read vector by
-vector with ``zoo.flat``, through the same cache.
+:class:`WeightReader` reads any :class:`nwsjax.zoo.WeightSource` (a zoo of ours, or a
+public format of :mod:`nwsjax.formats`): members the zoo stores together in a *part*
+(a cohort's Orbax checkpoint, whose leaves are ``[members_in_part, K, *shape]``) are
+read together, one ``zoo.flat`` call per part and snapshot, which reads only those rows
+of that snapshot (:meth:`nwsjax.zoo.Zoo.read_rows`); members stored on their own (the
+public formats: one vector per file or per row) are read one ``zoo.flat`` call each.
+The reader hands the vectors out one request at a time; nothing is copied to disk.
 
 Memory held by a reader (see docs/meta.md for the full bound of a meta run):
 
@@ -16,9 +14,10 @@ Memory held by a reader (see docs/meta.md for the full bound of a meta run):
   ``cache_bytes`` in total; vectors are admitted while the budget lasts and never
   evicted, which for repeated full passes (epochs) is the best a bounded cache can
   do (an LRU cache would miss on every read once the working set exceeds it);
-* TensorStore's chunk cache, at most ``chunk_cache_bytes``: Orbax writes a leaf of a
-  part as one compressed chunk, so reading one snapshot decodes the whole
-  ``[members_in_part, K, *shape]`` chunk; the cache keeps it for the next snapshot;
+* the zoo's cache of decoded chunks, at most ``chunk_cache_bytes``
+  (:attr:`nwsjax.zoo.Zoo.read_cache_bytes`): Orbax writes a leaf of a part as one
+  compressed chunk, so reading one snapshot decodes the whole ``[members_in_part, K,
+  *shape]`` chunk; the cache keeps it for the next snapshot;
 * in flight while a part is read: one decoded chunk and the requested rows of one
   snapshot (``rows x n_weights`` floats, as a tree and flattened).
 
@@ -27,56 +26,51 @@ None of these grows with the number of networks or snapshots requested.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from nwsjax.errors import ZooError
-from nwsjax.model import flatten, layout
-from nwsjax.zoo import Zoo
+from nwsjax.zoo import DEFAULT_READ_CACHE_BYTES, WeightSource
 
-__all__ = ["WeightReader", "DEFAULT_CACHE_BYTES", "DEFAULT_CHUNK_CACHE_BYTES"]
+__all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_CHUNK_CACHE_BYTES", "WeightReader"]
 
 DEFAULT_CACHE_BYTES = 1 << 30
-DEFAULT_CHUNK_CACHE_BYTES = 512 << 20
+DEFAULT_CHUNK_CACHE_BYTES = DEFAULT_READ_CACHE_BYTES
 
 
 class WeightReader:
     """Reads members' flattened weight vectors (NWS order, float32) from a zoo.
 
     Args:
-      zoo: an opened zoo.
+      zoo: an opened zoo (any :class:`nwsjax.zoo.WeightSource`).
       cache_bytes: budget of the vector cache (0 disables it).
-      chunk_cache_bytes: budget of TensorStore's decoded-chunk cache.
+      chunk_cache_bytes: when given, the budget of the zoo's decoded-chunk cache
+        (sets ``zoo.read_cache_bytes``; zoos without one have nothing to set).
 
     Attributes:
-      counters: ``{"parts": leaf-part openings, "reads": vectors read from storage,
-        "hits": vectors served from the cache}``.
-      orbax: whether the zoo is read part by part from its Orbax snapshots (else with
-        ``zoo.flat``, one vector at a time).
+      counters: ``{"parts": part reads (one per part per :meth:`read`), "reads": vectors
+        read from storage, "hits": vectors served from the cache}``.
+      orbax: whether the zoo stores members in parts, read part by part (else one
+        vector at a time).
     """
 
-    def __init__(self, zoo: Zoo, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES):
-        import tensorstore as ts
-
+    def __init__(self, zoo: WeightSource, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 chunk_cache_bytes: int | None = None):
         self.zoo = zoo
         self.cache_bytes = int(cache_bytes)
-        self._context = ts.Context({"cache_pool": {"total_bytes_limit": int(chunk_cache_bytes)}})
+        if chunk_cache_bytes is not None and hasattr(zoo, "read_cache_bytes"):
+            zoo.read_cache_bytes = int(chunk_cache_bytes)
         self._cache: dict[tuple[int, int], np.ndarray] = {}
         self.cached_bytes = 0
         self.counters = {"parts": 0, "reads": 0, "hits": 0}
-        members = zoo.members
-        self.orbax = {"part", "row"} <= set(members.columns)
-        self._part = members["part"].to_numpy() if self.orbax else np.full(len(members), "")
-        self._row = members["row"].to_numpy().astype(np.int64) if self.orbax else np.zeros(len(members), np.int64)
-        self._position = {int(m): i for i, m in enumerate(members.index)}
+        ids = zoo.members.index
+        self._part = np.asarray(zoo.storage_parts(ids), dtype=object)
+        self.orbax = bool((self._part != "").any())
+        self._position = {int(m): i for i, m in enumerate(ids)}
 
     def parts(self, members: Sequence[int]) -> np.ndarray:
-        """The storage part of each member (``""`` for every member of a zoo without Orbax
-        parts): streams read a part's samples together, so each part is opened once."""
+        """The storage part of each member (``""`` for every member of a zoo without
+        parts): streams read a part's samples together, so each part is read once."""
         return self._part[[self._position[int(m)] for m in members]]
 
     def holds(self, members: Sequence[int], snapshots: Sequence[int]) -> bool:
@@ -102,8 +96,8 @@ class WeightReader:
             pending.setdefault(self._part[self._position[member]], []).append(i)
         for part in sorted(pending):
             requests = np.asarray(pending[part])
-            read = self._read_part if self.orbax else self._read_flat
-            yield from read(part, members[requests], snapshots[requests], requests)
+            read = self._read_part if part else self._read_one_by_one
+            yield from read(members[requests], snapshots[requests], requests)
 
     def _keep(self, key: tuple[int, int], vector: np.ndarray) -> np.ndarray:
         """``vector``, admitted to the cache (as a read-only copy) while the budget lasts."""
@@ -115,69 +109,23 @@ class WeightReader:
             self.cached_bytes += vector.nbytes
         return vector
 
-    def _read_flat(self, part: str, members: np.ndarray, snapshots: np.ndarray, requests: np.ndarray):
-        """Vectors of a zoo without Orbax parts, one ``zoo.flat`` call each, by member and snapshot."""
+    def _read_one_by_one(self, members: np.ndarray, snapshots: np.ndarray, requests: np.ndarray):
+        """Vectors of members stored on their own, one ``zoo.flat`` call each, by member and snapshot."""
         for i in np.lexsort((snapshots, members)):
             member, snapshot = int(members[i]), int(snapshots[i])
             vector = np.ascontiguousarray(self.zoo.flat([member], snapshot)[0], dtype=np.float32)
             vector.flags.writeable = False
             yield int(requests[i]), self._keep((member, snapshot), vector)
 
-    def _read_part(self, part: str, members: np.ndarray, snapshots: np.ndarray, requests: np.ndarray):
-        arch = self.zoo.architecture(int(members[0]))
-        positions = [self._position[int(m)] for m in members]
-        rows = self._row[positions]
-        leaves = self._open(part, arch)
+    def _read_part(self, members: np.ndarray, snapshots: np.ndarray, requests: np.ndarray):
+        """Vectors of members of one part: one ``zoo.flat`` call per snapshot (the part's
+        members share one length)."""
+        self.counters["parts"] += 1
         for snapshot in np.unique(snapshots):
             chosen = snapshots == snapshot
-            unique_rows, inverse = np.unique(rows[chosen], return_inverse=True)
-            params: dict[str, dict[str, np.ndarray]] = {}
-            for (layer, name), store in leaves.items():
-                params.setdefault(layer, {})[name] = store.oindex[unique_rows, int(snapshot) - 1].read().result()
-            vectors = np.ascontiguousarray(flatten(params, arch), dtype=np.float32)
-            del params
+            unique, inverse = np.unique(members[chosen], return_inverse=True)
+            vectors = np.ascontiguousarray(self.zoo.flat(unique, int(snapshot)), dtype=np.float32)
             vectors.flags.writeable = False
-            for request, member, row_index in zip(requests[chosen], members[chosen], inverse):
-                yield int(request), self._keep((int(member), int(snapshot)), vectors[row_index])
+            for request, member, row in zip(requests[chosen], members[chosen], inverse):
+                yield int(request), self._keep((int(member), int(snapshot)), vectors[row])
             del vectors
-
-    def _open(self, part: str, arch) -> dict[tuple[str, str], object]:
-        """Opens the parameter leaves of one part as TensorStore arrays ``[rows, K, *shape]``."""
-        import tensorstore as ts
-
-        directory = (self.zoo.path / part).absolute()
-        metadata = _metadata(directory)
-        driver = "zarr3" if metadata.get("use_zarr3") else "zarr"
-        stores = {}
-        for segment in layout(arch):
-            key = ".".join(("params", *segment.path))
-            if metadata.get("use_ocdbt", True):
-                kvstore = {"driver": "ocdbt", "base": f"file://{directory}", "path": key}
-            else:
-                kvstore = {"driver": "file", "path": str(directory / key)}
-            try:
-                store = ts.open({"driver": driver, "kvstore": kvstore}, context=self._context, read=True).result()
-            except ValueError as err:
-                raise ZooError(
-                    f"{directory}: cannot read leaf {key} ({str(err).splitlines()[0][:120]}); the zoo is "
-                    "incomplete or of another storage layout, retrain or restore it"
-                ) from None
-            expected = (self.zoo.num_snapshots, *segment.shape)
-            if tuple(store.shape[1:]) != expected:
-                raise ZooError(
-                    f"{directory}: leaf {key} has shape {tuple(store.shape)}, expected [rows, *{expected}]; "
-                    "the members table does not match the snapshots, retrain the zoo"
-                )
-            stores[segment.path] = store
-        self.counters["parts"] += 1
-        return stores
-
-
-def _metadata(directory: Path) -> dict:
-    path = directory / "_METADATA"
-    if not path.is_file():
-        raise ZooError(f"{directory}: snapshot checkpoint missing or unfinished; the zoo is incomplete, retrain or restore it")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise ZooError(f"{path}: unreadable; the zoo is corrupt, retrain it") from None

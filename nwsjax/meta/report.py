@@ -44,13 +44,15 @@ def format_target(name: str, entry: dict, ensemble: int) -> str:
     else:
         lines.append(f"== {name}: regression, chance MAE {_num(entry['chance'])} (the training median) ==")
         lines.append(head)
-        lines.append(f"{'model':8s} {'MAE 1 slice':>18s} {f'MAE {ensemble} slices':>18s} {'Spearman':>9s} {'seconds':>8s}")
+        lines.append(f"{'model':8s} {'MAE 1 slice':>18s} {f'MAE {ensemble} slices':>18s} {'Spearman':>9s} "
+                     f"{'Kendall':>8s} {'R^2':>7s} {'seconds':>8s}")
         for model, r in entry["models"].items():
             single, ens = r["single"], r.get("ensemble")
             best = ens or single
             lines.append(
                 f"{model:8s} {_num(single['mae'], single['ci95']):>18s} "
-                f"{_num(ens['mae'], ens['ci95']) if ens else '-':>18s} {best['spearman']:9.3f} {r['seconds']:8.1f}"
+                f"{_num(ens['mae'], ens['ci95']) if ens else '-':>18s} {best['spearman']:9.3f} "
+                f"{best.get('kendall_tau', float('nan')):8.3f} {best.get('r2', float('nan')):7.3f} {r['seconds']:8.1f}"
             )
     return "\n".join(lines)
 
@@ -144,10 +146,15 @@ def markdown_tables(reports: list[tuple[dict, str]]) -> str:
         lines.append(f"| **mean** ({len(shared)} targets) | {100 * chance:.1f}% | " + " | ".join(f"**{100 * v:.1f}%**" for v in means) + " |")
     regression = [t for t, e in targets.items() if e["kind"] == "regression"]
     if regression:
-        lines += ["", "| target (MAE, Spearman) | chance MAE | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]
+        lines += ["", "| target (MAE; Spearman, Kendall's tau, R^2) | chance MAE | " + " | ".join(models) + " |",
+                  "|---" * (len(models) + 2) + "|"]
+
+        def cell(result: dict) -> str:
+            return (f"{result['mae']:.4g} ({result['spearman']:.2f}, {result.get('kendall_tau', float('nan')):.2f}, "
+                    f"{result.get('r2', float('nan')):.2f})")
+
         for name in regression:
-            cells = [f"{best(columns[m][name])['mae']:.4g} ({best(columns[m][name])['spearman']:.2f})"
-                     if name in columns[m] else "-" for m in models]
+            cells = [cell(best(columns[m][name])) if name in columns[m] else "-" for m in models]
             lines.append(f"| {name} | {targets[name]['chance']:.4g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -185,6 +192,15 @@ def _ylabel(kind: str) -> str:
     return "test accuracy" if kind == "classification" else "test MAE"
 
 
+def _finish(fig, ax, path: Path, kind: str, title: str, **legend) -> None:
+    """Labels, title and legend of a metric-versus-x plot, written to ``path`` (PNG)."""
+    ax.set_ylabel(_ylabel(kind))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, **legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def plot_slice_length(path: Path, rows: list[dict], kind: str, chance: float, title: str) -> None:
     """Rows ``{"model", "length", "single", "ensemble"}`` -> metric versus slice length (log x)."""
     fig, ax = _subplots((5.5, 3.8))
@@ -196,11 +212,7 @@ def plot_slice_length(path: Path, rows: list[dict], kind: str, chance: float, ti
     ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
     ax.set_xscale("log")
     ax.set_xlabel("slice length (weights)")
-    ax.set_ylabel(_ylabel(kind))
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _finish(fig, ax, path, kind, title)
 
 
 def plot_where(path: Path, where: dict, kind: str, chance: float, title: str) -> None:
@@ -217,12 +229,8 @@ def plot_where(path: Path, where: dict, kind: str, chance: float, title: str) ->
             ax.text(boundary["position"], 1.0, boundary["layer"], rotation=90, fontsize=6, va="top",
                     transform=ax.get_xaxis_transform())
     ax.set_xlabel(f"slice start, relative to its range (layers of {where['architecture']})")
-    ax.set_ylabel(_ylabel(kind))
     ax.set_xlim(0, 1)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _finish(fig, ax, path, kind, title, loc="lower right")
 
 
 def plot_when(path: Path, rows: list[dict], kind: str, chance: float, title: str) -> None:
@@ -233,11 +241,7 @@ def plot_when(path: Path, rows: list[dict], kind: str, chance: float, title: str
         ax.plot([r["snapshot"] for r in mine], [r["value"] for r in mine], "o-", label=model)
     ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
     ax.set_xlabel("snapshot (1 = initialization)")
-    ax.set_ylabel(_ylabel(kind))
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _finish(fig, ax, path, kind, title)
 
 
 def write_json(path: Path, obj) -> None:

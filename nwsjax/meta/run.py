@@ -8,7 +8,6 @@ table and the report folder (``results.json``, PNG plots).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import platform
 import time
@@ -19,16 +18,16 @@ import numpy as np
 import pandas as pd
 
 from nwsjax.errors import ConfigError, ZooError
-from nwsjax.meta import report
+from nwsjax.formats import open_any
+from nwsjax.meta import analyses, report
 from nwsjax.meta.data import (
     PARTS,
     Samples,
-    SliceSpec,
-    SliceStream,
     Split,
     Target,
     accuracy_table,
     check_length,
+    format_snapshots,
     make_samples,
     network_layouts,
     parse_snapshots,
@@ -43,6 +42,7 @@ from nwsjax.meta.reader import DEFAULT_CACHE_BYTES, WeightReader
 from nwsjax.meta.train import (
     MODELS,
     SLICE_MODELS,
+    Fitted,
     ModelOptions,
     TrainSettings,
     build_model,
@@ -50,6 +50,7 @@ from nwsjax.meta.train import (
     evenly,
     fit,
     fit_stats,
+    headline,
     make_stream,
     metrics,
     predict,
@@ -58,14 +59,12 @@ from nwsjax.meta.train import (
     stats_features,
     stats_outputs,
 )
-from nwsjax.formats import open_any
 from nwsjax.zoo import Zoo, software_versions
 
 __all__ = ["ANALYSES", "DEFAULT_MODELS", "MetaConfig", "run_meta", "parse_models", "parse_analyses"]
 
 ANALYSES = ("where", "when", "slice-length", "confusion")
 DEFAULT_MODELS = ("dmc", "set", "units", "stats")
-DEFAULT_SLICE_LENGTHS = (500, 1000, 2500, 5000, 10000, 20000, 40000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +140,8 @@ def parse_analyses(spec: str) -> list[str]:
 
 
 @dataclasses.dataclass
-class _Run:
-    """What a run shares between targets and models."""
+class Run:
+    """What a run shares between targets, models and analyses (:mod:`nwsjax.meta.analyses`)."""
 
     config: MetaConfig
     zoo: Zoo
@@ -162,8 +161,58 @@ class _Run:
     def seed(self, *names) -> int:
         return int(rng_for(self.config.seed, "model", *names).integers(2**31 - 3))
 
+    def train_and_test(self, target: Target, model: str, samples: dict[str, Samples], length: int,
+                       snapshots, *, validate: bool = True) -> tuple[dict, Fitted | None]:
+        """Trains ``model`` on the train samples and tests it: ``(result, fitted model or None)``.
 
-def _check(config: MetaConfig, log) -> _Run:
+        Slice models are tested on one seeded random slice per sample (``single``) and on
+        ``config.ensemble`` evenly spaced slices (``ensemble``).
+        """
+        config, tag = self.config, (target.name, model, length, format_snapshots(snapshots))
+        start = time.perf_counter()
+        if model == "stats":
+            return self._train_and_test_trees(target, samples, tag, start), None
+        spec = slice_spec(model, length, config.part, config.options)
+        stream = make_stream(model, self.zoo, self.reader, samples["train"], spec, batch_size=config.train.batch_size,
+                             buffer_bytes=config.train.buffer_bytes)
+        module = build_model(model, target.num_outputs, config.options)
+        validation = None
+        if validate and len(samples["val"]):
+            val = eval_stream(self.zoo, self.reader, samples["val"], spec, config.train, count=1, model=model)
+            starts = random_starts(val, config.seed, "val", *tag)
+            validation = lambda f: headline(target, metrics(target, predict(f, val, starts), samples["val"]))  # noqa: E731
+        fitted = fit(module, target, stream, config.train, self.seed(*tag), validate=validation,
+                     label=f"{target.name} {model}")
+        test = eval_stream(self.zoo, self.reader, samples["test"], spec, config.train, count=1, model=model)
+        bar = f"{target.name} {model} test" if config.train.progress else None
+        starts = random_starts(test, config.seed, "test", *tag)
+        result = {"single": metrics(target, predict(fitted, test, starts, progress=bar), samples["test"])}
+        if model in SLICE_MODELS:
+            ensemble = eval_stream(self.zoo, self.reader, samples["test"], spec, config.train, count=config.ensemble)
+            result["ensemble"] = metrics(target, predict(fitted, ensemble, evenly(ensemble), progress=bar), samples["test"])
+        if fitted.history and "val" in fitted.history[-1]:
+            result["val"] = fitted.history[-1]["val"]
+        result.update(history=fitted.history, steps=fitted.steps, seconds=time.perf_counter() - start)
+        if model != "units":
+            result.update(slice_length=stream.length, slices_per_sample=spec.count)
+        return result, fitted
+
+    def _train_and_test_trees(self, target: Target, samples: dict[str, Samples], tag: tuple, start: float) -> dict:
+        """:meth:`train_and_test` of the stats baseline (trees on per-layer statistics)."""
+        part = self.config.part
+        features = {side: stats_features(self.zoo, self.reader, s, part, self.stats_cache) for side, s in samples.items() if len(s)}
+        names = features["train"][1]
+        aligned = {side: _align(f, n, names) for side, (f, n) in features.items()}
+        trees = fit_stats(target, aligned["train"], samples["train"].y, self.seed(*tag), self.config.options.stats_iterations)
+        result = {"single": metrics(target, stats_outputs(trees, target, aligned["test"]), samples["test"])}
+        if "val" in aligned:
+            result["val"] = headline(target, metrics(target, stats_outputs(trees, target, aligned["val"]), samples["val"]))
+        result["features"] = len(names)
+        result["seconds"] = time.perf_counter() - start
+        return result
+
+
+def _check(config: MetaConfig, log) -> Run:
     """Opens the zoo and checks every option against it, before any training."""
     zoo = open_any(config.zoo)
     targets, skipped = resolve_targets(config.target, zoo)
@@ -210,7 +259,7 @@ def _check(config: MetaConfig, log) -> _Run:
     out = Path(config.out) if config.out else Path("runs") / "meta" / named.resolve().name
     _check_out(out, config.overwrite)
     reader = WeightReader(zoo, cache_bytes=config.cache_bytes)
-    return _Run(config, zoo, reader, split, split_source, snapshots, models, analyses, out, log, targets, skipped, samples)
+    return Run(config, zoo, reader, split, split_source, snapshots, models, analyses, out, log, targets, skipped, samples)
 
 
 _REPORT_FILES = ("results.json", "summary.txt")
@@ -299,7 +348,7 @@ def run_meta(config: MetaConfig, *, log: Callable[[str], None] = print) -> dict:
     }
     for name, reason in run.skipped.items():
         log(f"skipping target {name}: {reason}")
-    log(f"zoo {run.zoo.path}: {len(run.zoo.members)} networks; snapshots {_span(run.snapshots)}; "
+    log(f"zoo {run.zoo.path}: {len(run.zoo.members)} networks; snapshots {format_snapshots(run.snapshots)}; "
         f"models {', '.join(run.models)}; report in {run.out}")
     if run.split_source == "zoo":
         log(f"split: the zoo's own (train/test lists): {len(run.split.train)} train, {len(run.split.val)} "
@@ -320,10 +369,6 @@ def run_meta(config: MetaConfig, *, log: Callable[[str], None] = print) -> dict:
     return results
 
 
-def _span(snapshots) -> str:
-    return f"{snapshots[0]}-{snapshots[-1]}" if list(snapshots) == list(range(snapshots[0], snapshots[-1] + 1)) else ",".join(map(str, snapshots))
-
-
 def _more_versions() -> dict:
     import sklearn
 
@@ -342,7 +387,7 @@ def _chance(target: Target, samples: dict[str, Samples]) -> float:
     return metrics(target, np.full(len(test), np.median(samples["train"].y), np.float32), test)["mae"]
 
 
-def _run_target(run: _Run, target: Target) -> dict:
+def _run_target(run: Run, target: Target) -> dict:
     samples = run.samples[target.name]
     entry = {
         "kind": target.kind,
@@ -354,75 +399,25 @@ def _run_target(run: _Run, target: Target) -> dict:
     }
     fitted = {}
     for model in run.models:
-        result, fitted[model] = _train_and_test(run, target, model, samples, run.config.slice_length, run.snapshots)
+        result, fitted[model] = run.train_and_test(target, model, samples, run.config.slice_length, run.snapshots)
         entry["models"][model] = result
         if target.kind == "classification":
             best = result.get("ensemble") or result["single"]
             report.plot_confusion(run.out / f"confusion-{target.name}-{model}.png", best["confusion"],
                                   entry["classes"], f"{target.name}, {model} ({_pct(best['accuracy'])} test accuracy)")
     if "slice-length" in run.analyses:
-        entry["analyses"]["slice_length"] = _slice_length(run, target, samples, entry["chance"])
+        entry["analyses"]["slice_length"] = analyses.slice_length(run, target, samples, entry["chance"])
     if "where" in run.analyses:
         entry["analyses"]["where"] = {
-            m: _where(run, target, samples, fitted[m], m, entry["chance"]) for m in run.models if m in SLICE_MODELS
+            m: analyses.where(run, target, samples, fitted[m], m, entry["chance"]) for m in run.models if m in SLICE_MODELS
         }
     if "when" in run.analyses:
-        entry["analyses"]["when"] = _when(run, target, entry["chance"])
+        entry["analyses"]["when"] = analyses.when(run, target, entry["chance"])
     return entry
 
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
-
-
-def _train_and_test(run: _Run, target: Target, model: str, samples: dict[str, Samples], length: int,
-                    snapshots, *, validate: bool = True) -> tuple[dict, object]:
-    """Trains ``model`` on the train samples and tests it: ``(result, fitted model or None)``.
-
-    Slice models are tested on one seeded random slice per sample (``single``) and on
-    ``config.ensemble`` evenly spaced slices (``ensemble``).
-    """
-    config, tag = run.config, (target.name, model, length, _span(snapshots))
-    start = time.perf_counter()
-    if model == "stats":
-        features = {side: stats_features(run.zoo, run.reader, s, config.part, run.stats_cache) for side, s in samples.items() if len(s)}
-        names = features["train"][1]
-        aligned = {side: _align(f, n, names) for side, (f, n) in features.items()}
-        trees = fit_stats(target, aligned["train"], samples["train"].y, run.seed(*tag), config.options.stats_iterations)
-        result = {"single": metrics(target, stats_outputs(trees, target, aligned["test"]), samples["test"])}
-        if "val" in aligned:
-            result["val"] = _headline(target, metrics(target, stats_outputs(trees, target, aligned["val"]), samples["val"]))
-        result["features"] = len(names)
-        result["seconds"] = time.perf_counter() - start
-        return result, None
-    spec = slice_spec(model, length, config.part, config.options)
-    stream = make_stream(model, run.zoo, run.reader, samples["train"], spec, batch_size=config.train.batch_size,
-                         buffer_bytes=config.train.buffer_bytes)
-    module = build_model(model, target.num_outputs, config.options)
-    validation = None
-    if validate and len(samples["val"]):
-        val = eval_stream(run.zoo, run.reader, samples["val"], spec, config.train, count=1, model=model)
-        starts = random_starts(val, config.seed, "val", *tag)
-        validation = lambda f: _headline(target, metrics(target, predict(f, val, starts), samples["val"]))  # noqa: E731
-    fitted = fit(module, target, stream, config.train, run.seed(*tag), validate=validation,
-                 label=f"{target.name} {model}")
-    test = eval_stream(run.zoo, run.reader, samples["test"], spec, config.train, count=1, model=model)
-    bar = f"{target.name} {model} test" if config.train.progress else None
-    result = {"single": metrics(target, predict(fitted, test, random_starts(test, config.seed, "test", *tag), progress=bar),
-                                samples["test"])}
-    if model in SLICE_MODELS:
-        ensemble = eval_stream(run.zoo, run.reader, samples["test"], spec, config.train, count=config.ensemble)
-        result["ensemble"] = metrics(target, predict(fitted, ensemble, evenly(ensemble), progress=bar), samples["test"])
-    if fitted.history and "val" in fitted.history[-1]:
-        result["val"] = fitted.history[-1]["val"]
-    result.update(history=fitted.history, steps=fitted.steps, seconds=time.perf_counter() - start)
-    if model != "units":
-        result.update(slice_length=stream.length, slices_per_sample=spec.count)
-    return result, fitted
-
-
-def _headline(target: Target, result: dict) -> float:
-    return result["accuracy"] if target.kind == "classification" else result["mae"]
 
 
 def _align(features: np.ndarray, names: list[str], order: list[str]) -> np.ndarray:
@@ -433,98 +428,6 @@ def _align(features: np.ndarray, names: list[str], order: list[str]) -> np.ndarr
         if name in index:
             out[:, j] = features[:, index[name]]
     return out
-
-
-# --------------------------------------------------------------------------- #
-# Analyses
-# --------------------------------------------------------------------------- #
-
-
-def _slice_length(run: _Run, target: Target, samples, chance: float) -> list[dict]:
-    """Accuracy (or MAE) versus slice length, per slice model."""
-    _, _, n_part = part_lengths(run.zoo, np.unique(np.concatenate([s.member for s in samples.values()])), run.config.part)
-    shortest = int(n_part.min())
-    lengths = run.config.slice_lengths or tuple(n for n in DEFAULT_SLICE_LENGTHS if n <= shortest) or (shortest,)
-    too_long = [n for n in lengths if n > shortest]
-    if too_long:
-        raise ConfigError(f"--slice-lengths {too_long[0]} is longer than the shortest vector or part ({shortest} weights); use smaller lengths")
-    rows = []
-    for model in (m for m in run.models if m in SLICE_MODELS):
-        for length in sorted(set(lengths)):
-            result, _ = _train_and_test(run, target, model, samples, length, run.snapshots, validate=False)
-            rows.append({"model": model, "length": length,
-                         "single": _headline(target, result["single"]),
-                         "ensemble": _headline(target, result["ensemble"])})
-            run.log(f"  slice length {length:6d} {model}: 1 slice {rows[-1]['single']:.4g}, ensemble {rows[-1]['ensemble']:.4g}")
-    if rows:
-        report.plot_slice_length(run.out / f"slice-length-{target.name}.png", rows, target.kind, chance,
-                                 f"{target.name}: how much (snapshots {_span(run.snapshots)}, part {run.config.part})")
-    return rows
-
-
-def _where(run: _Run, target: Target, samples, fitted, model: str, chance: float) -> dict:
-    """Per-slice outputs at evenly spaced positions along the network, each slice on its own."""
-    test = samples["test"]
-    spec = SliceSpec(run.config.slice_length, run.config.part, run.config.positions)
-    stream = eval_stream(run.zoo, run.reader, test, spec, run.config.train)
-    outputs = predict(fitted, stream, evenly(stream), each_slice=True, per_slice=True,
-                      progress=f"{target.name} {model} where" if run.config.train.progress else None)  # [n, P, (C)]
-    metric, prob_true = [], []
-    for p in range(run.config.positions):
-        m = metrics(target, outputs[:, p], test)
-        metric.append(_headline(target, m))
-        if target.kind == "classification":
-            prob_true.append(float(outputs[np.arange(len(test)), p, test.y].mean()))
-    arch_label, boundaries = _boundaries(run, test, stream)
-    where = {"position": np.linspace(0, 1, run.config.positions).tolist(), "metric": metric,
-             "architecture": arch_label, "boundaries": boundaries}
-    if prob_true:
-        where["prob_true"] = prob_true
-    report.plot_where(run.out / f"where-{target.name}-{model}.png", where, target.kind, chance,
-                      f"{target.name}, {model}: where (slice length {stream.length}, part {run.config.part})")
-    return where
-
-
-def _boundaries(run: _Run, test: Samples, stream: SliceStream) -> tuple[str, list[dict]]:
-    """Layer starts of the most common test layout, as relative slice positions (slice centre on the boundary).
-
-    Returns the layout's label (its architecture, or the first network that has it)
-    and one ``{"layer", "offset", "position"}`` per layer.
-    """
-    of = network_layouts(run.zoo, test.member)
-    segments = collections.Counter(of[int(m)] for m in test.member).most_common(1)[0][0]
-    member = next(int(m) for m in test.member if of[int(m)] == segments)
-    i = int(np.flatnonzero(test.member == member)[0])
-    lo, hi, length = stream.lo[i], stream.hi[i], stream.length
-    boundaries, seen = [], set()
-    for segment in segments:
-        if segment.layer in seen:
-            continue
-        seen.add(segment.layer)
-        position = (segment.offset - length / 2 - lo) / max(hi - lo, 1)
-        boundaries.append({"layer": segment.layer, "offset": segment.offset, "position": float(position)})
-    label = run.zoo.members["architecture"].get(member) if "architecture" in run.zoo.members else None
-    return (str(label) if label is not None and not pd.isna(label) else f"network {member}"), boundaries
-
-
-def _when(run: _Run, target: Target, chance: float) -> list[dict]:
-    """Train and test on single snapshots, for every snapshot of the zoo."""
-    rows = []
-    for snapshot in range(1, run.zoo.num_snapshots + 1):
-        try:
-            samples = make_samples(run.zoo, target, run.split, (snapshot,), run.config.seed)
-        except ConfigError as err:  # e.g. test_acc at the initialization: never measured
-            run.log(f"  snapshot {snapshot}: skipped ({err})")
-            continue
-        for model in run.models:
-            result, _ = _train_and_test(run, target, model, samples, run.config.slice_length, (snapshot,), validate=False)
-            best = result.get("ensemble") or result["single"]
-            rows.append({"model": model, "snapshot": snapshot, "value": _headline(target, best)})
-            run.log(f"  snapshot {snapshot:3d} {model}: {rows[-1]['value']:.4g}")
-    if rows:
-        report.plot_when(run.out / f"when-{target.name}.png", rows, target.kind, chance,
-                         f"{target.name}: when (trained and tested on one snapshot)")
-    return rows
 
 
 def _summary(results: dict, ensemble: int) -> dict:
