@@ -32,6 +32,8 @@ def _virtual_cpu_devices(argv: list[str]) -> None:
     zoo.json); otherwise one per core this process may use, the CPU default (see
     :func:`default_devices`). Accelerator backends ignore the flag; their real devices are used.
     """
+    if "jax" in sys.modules:  # imported by a program that started JAX already (tests): too late, and not ours to set
+        return
     value = _option(argv, "--devices")
     if value is None and "--resume" in argv:
         import json

@@ -99,10 +99,11 @@ def test_zoo_json_of_another_run_is_not_overwritten_silently(tmp_path):
 
 
 def test_sharded_over_devices_gives_the_same_zoo_bitwise(zoo_dir, tmp_path):
-    """--devices 8 (virtual CPU devices) reproduces the 1-device zoo bitwise.
+    """--devices 8 (virtual CPU devices) reproduces the zoo of the default devices bitwise.
 
-    Each device runs the very loop body the single device runs, over its share of the
-    slots (4 members on 8 devices: 2 slots per device, 12 of them idle). A looped
+    (The reference run gives no --devices: one device per core of the machine, 1 or 2
+    here.) Each device runs the very loop body a single device runs, over its share of
+    the slots (4 members on 8 devices: 2 slots per device, 12 of them idle). A looped
     strategy keeps at least 2 slots per device: with one, XLA removes the trip-count-1
     member loop and fuses the step differently, and the zoos would agree to ~4e-5 only.
     Both runs use the same host platform (8 virtual devices, see EIGHT_DEVICES): a run
