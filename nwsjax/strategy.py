@@ -11,7 +11,10 @@ out for the compiler:
 
 On the 2-core CPU a vmapped ``lax.conv`` runs about 10x slower per member than a
 loop of single-model steps (``shared/docs/performance-notes.md``), so the CPU
-default is ``map``; accelerators default to ``vmap`` with im2col convolutions.
+default is ``map``, with :func:`nwsjax.model.conv_canonical` convolutions (whose
+backward passes stay fast inside the loop: 30 ms per member-step against 80 for
+im2col, BENCHMARKS.md); accelerators default to ``vmap`` with im2col convolutions
+(not yet measured on one).
 """
 
 from __future__ import annotations
