@@ -21,7 +21,7 @@ import pandas as pd
 
 from nwsjax.data import Dataset, load_dataset, resolve_dataset, subset
 from nwsjax.errors import ConfigError, DiskFullError
-from nwsjax.population import PopulationReport, TrainConfig, group_cohorts, train_population
+from nwsjax.population import PopulationReport, TrainConfig, check_devices, group_cohorts, train_population
 from nwsjax.space import MAX_MEMBERS, MemberConfig, parse_pins, sample_members
 from nwsjax.stopping import StoppingConfig
 from nwsjax.strategy import default_strategy, parse_strategy
@@ -139,6 +139,7 @@ def prepare_run(config: RunConfig, *, progress: bool = False) -> PreparedRun:
         strategy=strategy,
         devices=config.devices,
     )
+    check_devices(train.devices)
     _check_out(config)
     names = [pins["dataset"]] if "dataset" in pins else list(config.datasets)
     sources = {resolve_dataset(name).name: name for name in names}  # fails fast on bad names

@@ -143,3 +143,15 @@ def test_diverging_member_leaves_the_others_bitwise_unchanged(tmp_path, small_di
     facts = ["epochs", "steps", "exports", "train_loss", "train_acc", "val_acc", "test_acc", "status"]
     # (Storage coordinates, part and row, may differ: the diverged member finished first.)
     assert zoo.members.loc[others, facts].equals(sane.members.loc[others, facts])
+
+
+def test_knobs_a_whole_cohort_shares_are_compiled_in():
+    """What every member has alike becomes a static value of the cohort's programs; the rest stays data."""
+    from nwsjax.population import shared_knobs
+
+    base = base_member()
+    alike = shared_knobs([base, dataclasses.replace(base, lrate=base.lrate / 2, seed=base.seed + 1)])
+    assert alike == {"optimizer": 0, "activation": 0, "initialization": 2, "augmentation": False}
+    assert all(type(v) in (int, np.bool_) for v in alike.values())  # the types the static paths test for
+    mixed = shared_knobs([base, dataclasses.replace(base, optimizer="momentum", augmentation="on")])
+    assert mixed == {"activation": 0, "initialization": 2}
