@@ -61,6 +61,14 @@ def test_member_matches_single_model_reference(population, small_digits, member)
     np.testing.assert_allclose(curve.lrate.to_numpy(), [members[member].lrate * 0.96**e for e in range(EPOCHS)], rtol=1e-6)
 
 
+def test_initialization_is_the_single_model_references_bitwise(population, small_digits):
+    """Snapshot 1 of every member is exactly the weights the reference path initializes."""
+    zoo, members = population
+    for member in range(8):
+        reference = train_member(members[member], small_digits, 0, conv_impl=CONV)
+        np.testing.assert_array_equal(leaves(zoo.params([member], snapshot=1)), leaves(reference["params"]))
+
+
 def test_each_hyper_parameter_takes_effect(population):
     zoo, _ = population
     final = zoo.flat(range(9))
