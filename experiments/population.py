@@ -53,7 +53,7 @@ def _virtual_cpu_devices(argv: list[str]) -> None:
 
 _virtual_cpu_devices(sys.argv[1:])
 
-from nwsjax.cli import ArgumentParser, enable_compilation_cache, main_wrapper  # noqa: E402
+from nwsjax.cli import ArgumentParser, enable_compilation_cache, exit_process, main_wrapper  # noqa: E402
 from nwsjax.errors import ConfigError  # noqa: E402
 from nwsjax.run import (  # noqa: E402
     RunConfig,
@@ -152,11 +152,7 @@ def main(argv=None) -> int:
         config = config_from_args(**values)
     prepared = prepare_run(config, progress=not quiet)
     enable_compilation_cache()
-    # Orbax logs the failures of its background writes with tracebacks; the run reports
-    # them itself (a full disk as one line, anything else re-raised with its traceback).
-    import logging
-
-    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    quiet_background_writers()
     disk = disk_estimate(prepared)
     if process == 0 and demo:
         print(f"the demo population, as population.py {' '.join(DEMO)}", file=sys.stderr)
@@ -200,6 +196,29 @@ def main(argv=None) -> int:
     print(summary_table(zoo.members, report))
     print(f"zoo written to {config.out} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def quiet_background_writers() -> None:
+    """Keeps Orbax's background writers from printing tracebacks of their own.
+
+    When a write fails (a full disk), Orbax logs the failure with tracebacks, and its
+    worker threads may then call into an event loop already closed. The run reports
+    the failure itself: a full disk as one line, anything else re-raised with its
+    traceback in the main thread.
+    """
+    import logging
+    import threading
+
+    for name in ("absl", "asyncio", "concurrent.futures"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    default_hook = threading.excepthook
+
+    def hook(args):
+        if isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value):
+            return
+        default_hook(args)
+
+    threading.excepthook = hook
 
 
 def default_devices() -> int:
@@ -249,4 +268,4 @@ def join_processes(coordinator: str | None, num_processes: int | None, process_i
 
 
 if __name__ == "__main__":
-    sys.exit(main_wrapper(main)())
+    exit_process(main_wrapper(main)())

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from nwsjax.errors import NWSError
 
-__all__ = ["ArgumentParser", "main_wrapper", "enable_compilation_cache"]
+__all__ = ["ArgumentParser", "main_wrapper", "enable_compilation_cache", "exit_process"]
 
 USAGE_ERROR = 2
 
@@ -44,3 +44,18 @@ def enable_compilation_cache(path: str | None = None) -> None:
     path = path or os.environ.get("NWSJAX_COMPILE_CACHE") or os.path.expanduser("~/.cache/nwsjax/xla")
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def exit_process(code: int) -> None:
+    """Ends the process with ``code``; after an error, at once.
+
+    An error can stop a run while Orbax's background writers are still alive (a full
+    disk): at a normal interpreter shutdown they print tracebacks of their own after the
+    one-line error. Everything the run committed is on disk by then, so an error exit
+    flushes the output and leaves without that shutdown.
+    """
+    if code == 0:
+        sys.exit(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
