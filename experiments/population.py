@@ -211,14 +211,14 @@ def quiet_background_writers() -> None:
 
     for name in ("absl", "asyncio", "concurrent.futures"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    default_hook = threading.excepthook
 
-    def hook(args):
-        if isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value):
-            return
-        default_hook(args)
+    def closed_loop(error) -> bool:
+        return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
 
-    threading.excepthook = hook
+    thread_hook, process_hook = threading.excepthook, sys.excepthook
+    threading.excepthook = lambda args: None if closed_loop(args.exc_value) else thread_hook(args)
+    # Callbacks from TensorStore's own threads report through sys.excepthook.
+    sys.excepthook = lambda kind, error, trace: None if closed_loop(error) else process_hook(kind, error, trace)
 
 
 def default_devices() -> int:
