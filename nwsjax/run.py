@@ -25,7 +25,7 @@ from nwsjax.population import PopulationReport, TrainConfig, check_devices, grou
 from nwsjax.space import MAX_MEMBERS, MemberConfig, parse_pins, sample_members
 from nwsjax.stopping import StoppingConfig
 from nwsjax.strategy import default_strategy, parse_strategy
-from nwsjax.zoo import FORMAT, ZooWriter, lock_zoo, never_started, read_info
+from nwsjax.zoo import FORMAT, ZooWriter, committed_members, lock_zoo, never_started, read_info
 
 __all__ = [
     "RunConfig",
@@ -308,8 +308,6 @@ def _disk_full(err: BaseException) -> bool:
 
 def _disk_full_message(prepared: PreparedRun) -> str:
     """One line: the disk is full, how much the rest of the run needs, and how to go on."""
-    from nwsjax.zoo import committed_members
-
     out = Path(prepared.config.out).absolute()
     estimate = disk_estimate(prepared)
     left = 1 - len(committed_members(out)) / max(len(prepared.members), 1)
