@@ -1,4 +1,4 @@
-"""The NWS CNN family as a Flax module, and the NWS flattening order of its weights.
+"""The NWS CNN family as a Flax module (its flattening order: :mod:`nwsjax.layout`).
 
 Network (reference, "Architecture family"), input ``[batch, 32, 32, 3]``:
 
@@ -19,24 +19,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nwsjax.space import MemberConfig
+from nwsjax import initialization as init
+from nwsjax.space import PROPERTIES, MemberConfig
 
 __all__ = [
     "ACTIVATIONS",
     "INITIALIZATIONS",
     "Architecture",
     "NWSNet",
-    "Segment",
-    "layout",
-    "flatten",
-    "unflatten",
+    "MemberShape",
     "activate",
 ]
 
@@ -51,12 +49,7 @@ ACTIVATIONS: tuple[Callable[[jax.Array], jax.Array], ...] = (
     jnp.tanh,
 )
 
-INITIALIZATIONS: tuple[Callable, ...] = (
-    nn.initializers.constant(0.1),
-    nn.initializers.normal(stddev=1.0),
-    nn.initializers.glorot_uniform(),
-    nn.initializers.glorot_normal(),
-)
+INITIALIZATIONS: tuple[str, ...] = PROPERTIES["initialization"].options  # see nwsjax.initialization
 
 _BLOCK_DEPTHS = {3: (1, 1, 1), 4: (1, 1, 2), 5: (1, 2, 2)}
 
@@ -121,17 +114,6 @@ def activate(x: jax.Array, activation: int | jax.Array) -> jax.Array:
     for index in range(len(ACTIVATIONS) - 2, -1, -1):
         out = jnp.where(activation == index, ACTIVATIONS[index](x), out)
     return out
-
-
-def _kernel_init(initialization: int | jax.Array) -> Callable:
-    if isinstance(initialization, (int, np.integer)):
-        return INITIALIZATIONS[int(initialization)]
-
-    def init(key, shape, dtype=jnp.float32):
-        branches = [lambda k, f=f: f(k, shape, dtype) for f in INITIALIZATIONS]
-        return jax.lax.switch(initialization, branches, key)
-
-    return init
 
 
 def conv_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -254,187 +236,208 @@ def _max_pool_bwd(residuals, dy):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+class MemberShape(NamedTuple):
+    """A member's own architecture inside a padded program: int32 scalars (traced in a cohort).
+
+    The program's :class:`Architecture` gives every static shape; the member's weights
+    are the leading block of each kernel (conv kernels: the centred taps), its missing
+    conv layers are skipped and its output layer reads its last hidden layer.
+    """
+
+    filter_size: Any
+    depth_conv: Any
+    depth_fc: Any
+    width_conv: Any
+    width_fc: Any
+
+    @classmethod
+    def of(cls, arch: Architecture) -> MemberShape:
+        return cls(*(np.int32(getattr(arch, field)) for field in cls._fields))
+
+
+# Conv layers per block, indexed by depth_conv (rows 0-2 unused).
+_DEPTH_TABLE = np.array([(1, 1, 1)] * 3 + [_BLOCK_DEPTHS[d] for d in (3, 4, 5)], np.int32)
+
+
+def _below(n: int, limit) -> jax.Array:
+    """bool [n]: index < ``limit`` (a traced or static int)."""
+    return jnp.arange(n) < limit
+
+
+def conv_mask(program: tuple[int, int, int], member: tuple, active) -> tuple[jax.Array, jax.Array]:
+    """float32 masks (kernel ``[K, K, C_in, C_out]``, bias ``[C_out]``) of a member's conv layer.
+
+    Args:
+      program: the program's ``(K, C_in, C_out)``.
+      member: the member's ``(k, c_in, c_out)`` (traced ints); its ``k x k`` taps are centred.
+      active: traced bool, False where the member has no such layer (everything masked).
+    """
+    size, cin, cout = program
+    k, member_in, member_out = member
+    taps = jnp.abs(jnp.arange(size) - (size - 1) // 2) <= (k - 1) // 2
+    out = _below(cout, member_out) & active
+    mask = taps[:, None, None, None] & taps[None, :, None, None] & _below(cin, member_in)[:, None] & out
+    return mask.astype(jnp.float32), out.astype(jnp.float32)
+
+
 class Conv(nn.Module):
-    """Conv + bias with a swappable implementation (``"xla"`` or ``"im2col"``)."""
+    """Conv + bias, stride 1, 'same', with a swappable implementation (:data:`CONV_IMPLS`).
+
+    ``kernel_init(rng, shape)`` is used when the model is initialized; ``masks``
+    (kernel, bias) zero a padded member's missing weights in the forward pass, so
+    their gradients are exactly zero.
+    """
 
     features: int
     size: int
-    kernel_init: Callable
     impl: str = "xla"
 
     @nn.compact
-    def __call__(self, x):
-        kernel = self.param(
-            "kernel", self.kernel_init, (self.size, self.size, x.shape[-1], self.features)
-        )
+    def __call__(self, x, kernel_init=nn.initializers.zeros, masks=None):
+        kernel = self.param("kernel", kernel_init, (self.size, self.size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if masks is not None:
+            kernel, bias = kernel * masks[0], bias * masks[1]
         return CONV_IMPLS[self.impl](x, kernel) + bias
 
 
+class Dense(nn.Module):
+    """Dense + bias: ``[B, in] -> [B, features]``, with masks as :class:`Conv`."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, kernel_init=nn.initializers.zeros, masks=None):
+        kernel = self.param("kernel", kernel_init, (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if masks is not None:
+            kernel, bias = kernel * masks[0], bias * masks[1]
+        return jnp.dot(x, kernel) + bias
+
+
+def dropout(key: jax.Array, x: jax.Array, layer: int) -> jax.Array:
+    """Dropout of hidden dense layer ``layer`` (``x``: ``[B, units]``).
+
+    The keep mask is drawn at the family's width of that layer (192 / 2**layer) and
+    its first units are used, so a member's mask does not depend on how wide the
+    program it trains in is.
+    """
+    keep_rate = 1.0 - DROPOUT_RATE
+    width = max(init.FAMILY_WIDTH_FC >> layer, x.shape[-1])
+    keep = jax.random.bernoulli(key, keep_rate, (x.shape[0], width))[:, : x.shape[-1]]
+    return jnp.where(keep, x / keep_rate, 0.0)
+
+
+def _true_dims(arch: Architecture, shape: MemberShape | None) -> MemberShape:
+    """The member's dims: ``shape`` in a padded program, else the program's own (Python ints)."""
+    if shape is not None:
+        return shape
+    return MemberShape(arch.filter_size, arch.depth_conv, arch.depth_fc, arch.width_conv, arch.width_fc)
+
+
 class NWSNet(nn.Module):
-    """One NWS CNN. Call with ``x: float32 [batch, 32, 32, 3]`` -> logits ``[batch, classes]``.
+    """One NWS CNN, or a padded program of several. ``x: float32 [batch, 32, 32, 3]`` -> logits ``[batch, classes]``.
 
     Attributes:
-      arch: the static architecture.
-      conv_impl: ``"xla"`` (``lax.conv``) or ``"im2col"`` (shifted slices + matmul).
+      arch: the program's architecture (a padded program: at least every member's).
+      conv_impl: ``"xla"``, ``"im2col"`` or ``"canonical"`` (:data:`CONV_IMPLS`).
+      padded: members of other architectures train inside ``arch`` (:mod:`nwsjax.padding`);
+        every call then passes the member's ``shape``. The output layer then reads
+        the member's last hidden layer, zero-padded to ``width_fc`` units.
+
+    Call arguments: ``activation`` and ``initialization`` are indices (a Python int, or
+    a traced int32 in a cohort); ``initialization`` only matters in ``init``, which
+    follows :mod:`nwsjax.initialization` from the ``"params"`` key.
     """
 
     arch: Architecture
     conv_impl: str = "xla"
+    padded: bool = False
 
     @nn.compact
-    def __call__(self, x, *, activation, initialization=2, train: bool = False):
-        arch = self.arch
-        kernel_init = _kernel_init(initialization)
-        norm = lambda name: nn.BatchNorm(  # noqa: E731
-            use_running_average=not train,
-            momentum=BATCH_NORM_MOMENTUM,
-            epsilon=BATCH_NORM_EPSILON,
-            name=name,
-        )
+    def __call__(self, x, *, activation, initialization=2, train: bool = False, shape: MemberShape | None = None):
+        if self.padded != (shape is not None):
+            raise ValueError(f"NWSNet(padded={self.padded}) called with shape={shape}")
+        arch, dims = self.arch, _true_dims(self.arch, shape)
+        key = self.make_rng("params") if self.is_initializing() else None
+
+        def kernel_init(role, family, cut, fans, masks):
+            if key is None:
+                return nn.initializers.zeros
+            mask = None if masks is None else masks[0]
+            return lambda _rng, _shape: init.kernel(jax.random.fold_in(key, role), initialization, family, cut, *fans, mask)
+
+        def norm(name, masks):
+            scale_init = nn.initializers.ones
+            if key is not None and masks is not None:
+                scale_init = lambda _rng, _shape, _dtype=None: masks[1]  # noqa: E731
+            return nn.BatchNorm(
+                use_running_average=not train, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
+                scale_init=scale_init, name=name,
+            )
+
         layer = 0
-        for block in arch.conv_channels:
-            for channels in block:
-                x = Conv(channels, arch.filter_size, kernel_init, self.conv_impl, name=f"conv{layer}")(x)
+        for block, channels in enumerate(arch.conv_channels):
+            for index, width in enumerate(channels):
+                cout = dims.width_conv * 2**block
+                cin = 3 if layer == 0 else (dims.width_conv * 2 ** (block - 1) if index == 0 else cout)
+                active = None
+                if shape is not None and index > 0:
+                    active = index < jnp.asarray(_DEPTH_TABLE)[shape.depth_conv, block]
+                masks = None
+                if shape is not None:
+                    masks = conv_mask((arch.filter_size, x.shape[-1], width), (shape.filter_size, cin, cout),
+                                      True if active is None else active)
+                size = arch.filter_size
+                family_in = 3 if layer == 0 else init.FAMILY_WIDTH_CONV * 2 ** (block - (index == 0))
+                family = (max(init.FAMILY_FILTER, size),) * 2 + (max(family_in, x.shape[-1]),
+                                                                 max(init.FAMILY_WIDTH_CONV * 2**block, width))
+                lo = (family[0] - size) // 2
+                cut = lambda d, lo=lo, size=size, c=x.shape[-1], w=width: d[lo : lo + size, lo : lo + size, :c, :w]  # noqa: E731
+                fans = (dims.filter_size**2 * cin, dims.filter_size**2 * cout)
+                conv = Conv(width, size, self.conv_impl, name=f"conv{layer}")
+                y = conv(x, kernel_init(init.conv_role(block, index), family, cut, fans, masks), masks)
                 if arch.batch_norm:
-                    x = norm(f"conv{layer}_bn")(x)
-                x = activate(x, activation)
+                    y = norm(f"conv{layer}_bn", masks)(y)
+                y = activate(y, activation)
+                x = y if active is None else jnp.where(active, y, x)
                 layer += 1
             x = max_pool_2x2(x)
+        spatial, channels = x.shape[1] * x.shape[2], x.shape[3]
         x = x.reshape(x.shape[0], -1)
+        hidden = []
         for i, width in enumerate(arch.fc_widths):
-            x = nn.Dense(width, kernel_init=kernel_init, name=f"fc{i}")(x)
+            member_out = dims.width_fc >> i
+            if i == 0:
+                family = (spatial, max(4 * init.FAMILY_WIDTH_CONV, channels), max(init.FAMILY_WIDTH_FC, width))
+                cut = lambda d, c=channels, w=width: d[:, :c, :w].reshape(-1, w)  # noqa: E731
+                fans = (spatial * dims.width_conv * 4, member_out)
+                rows = jnp.tile(_below(channels, dims.width_conv * 4), spatial) if shape is not None else None
+            else:
+                family = (max(init.FAMILY_WIDTH_FC >> (i - 1), x.shape[-1]), max(init.FAMILY_WIDTH_FC >> i, width))
+                cut = lambda d, n=x.shape[-1], w=width: d[:n, :w]  # noqa: E731
+                fans = (dims.width_fc >> (i - 1), member_out)
+                rows = _below(x.shape[-1], dims.width_fc >> (i - 1)) if shape is not None else None
+            masks = None
+            if shape is not None:
+                units = _below(width, member_out)
+                masks = ((rows[:, None] & units).astype(jnp.float32), units.astype(jnp.float32))
+            x = Dense(width, name=f"fc{i}")(x, kernel_init(init.fc_role(i), family, cut, fans, masks), masks)
             x = activate(x, activation)
             if arch.batch_norm:
-                x = norm(f"fc{i}_bn")(x)
-            x = nn.Dropout(DROPOUT_RATE, deterministic=not train)(x)
-        return nn.Dense(arch.num_classes, kernel_init=kernel_init, name="out")(x)
-
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    """One parameter array's place in the flattened NWS vector.
-
-    Attributes:
-      path: keys into the params tree, e.g. ``("conv0", "kernel")``.
-      shape: the array's shape in the params tree (Flax layout).
-      offset: first index in the flat vector.
-      part: ``"conv"`` or ``"fc"``.
-    """
-
-    path: tuple[str, ...]
-    shape: tuple[int, ...]
-    offset: int
-    part: str
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def layer(self) -> str:
-        return self.path[0].removesuffix("_bn")
-
-
-def _param_shapes(arch: Architecture) -> list[tuple[tuple[str, ...], tuple[int, ...], str]]:
-    """Parameter paths and shapes in build order (kernel, bias, then batch norm)."""
-    shapes = []
-    channels_in, layer, size = 3, 0, 32
-    for block in arch.conv_channels:
-        for channels in block:
-            k = arch.filter_size
-            shapes += [((f"conv{layer}", "kernel"), (k, k, channels_in, channels), "conv")]
-            shapes += [((f"conv{layer}", "bias"), (channels,), "conv")]
-            if arch.batch_norm:
-                shapes += [((f"conv{layer}_bn", n), (channels,), "conv") for n in ("scale", "bias")]
-            channels_in, layer = channels, layer + 1
-        size //= 2
-    features = size * size * channels_in
-    for i, width in enumerate(arch.fc_widths):
-        shapes += [((f"fc{i}", "kernel"), (features, width), "fc")]
-        shapes += [((f"fc{i}", "bias"), (width,), "fc")]
-        if arch.batch_norm:
-            shapes += [((f"fc{i}_bn", n), (width,), "fc") for n in ("scale", "bias")]
-        features = width
-    shapes += [(("out", "kernel"), (features, arch.num_classes), "fc")]
-    shapes += [(("out", "bias"), (arch.num_classes,), "fc")]
-    return shapes
-
-
-def layout(arch: Architecture) -> list[Segment]:
-    """The NWS flattening order of ``arch``'s trainable parameters.
-
-    Layers in build order; inside a layer the kernel, the bias, then the batch-norm
-    scale and offset. Kernels are grouped by output unit (for each output channel,
-    each input channel, the k x k taps row by row; for a dense layer each output
-    unit's incoming weights), so the weights feeding one unit are contiguous.
-    The conv part comes first.
-    """
-    segments, offset = [], 0
-    for path, shape, part in _param_shapes(arch):
-        segments.append(Segment(path, shape, offset, part))
-        offset += int(np.prod(shape))
-    return segments
-
-
-def _to_unit_major(array, ndim: int):
-    """Flax kernel layout ([k, k, in, out] or [in, out]) -> output unit first, then ravel."""
-    xp = jnp if isinstance(array, jax.Array) else np
-    lead = array.shape[: array.ndim - ndim]
-    if ndim == 4:  # [..., k, k, in, out] -> [..., out, in, k, k]
-        axes = (*range(len(lead)), len(lead) + 3, len(lead) + 2, len(lead), len(lead) + 1)
-    elif ndim == 2:  # [..., in, out] -> [..., out, in]
-        axes = (*range(len(lead)), len(lead) + 1, len(lead))
-    else:
-        return array.reshape(*lead, -1)
-    return xp.transpose(array, axes).reshape(*lead, -1)
-
-
-def flatten(params: Mapping[str, Any], arch: Architecture):
-    """Params tree -> flat NWS vector.
-
-    Args:
-      params: a params tree of ``arch``; leaves may carry leading axes (e.g.
-        ``[members, ...]``), which are kept.
-
-    Returns:
-      ``[..., n_weights]`` with the same array type (numpy or jax) as the leaves.
-    """
-    pieces = []
-    for segment in layout(arch):
-        leaf = params[segment.path[0]][segment.path[1]]
-        pieces.append(_to_unit_major(leaf, len(segment.shape)))
-    xp = jnp if isinstance(pieces[0], jax.Array) else np
-    return xp.concatenate(pieces, axis=-1)
-
-
-def unflatten(vector, arch: Architecture) -> dict[str, dict[str, Any]]:
-    """Flat NWS vector ``[..., n_weights]`` -> params tree (inverse of :func:`flatten`)."""
-    xp = jnp if isinstance(vector, jax.Array) else np
-    lead = vector.shape[:-1]
-    params: dict[str, dict[str, Any]] = {}
-    for segment in layout(arch):
-        piece = vector[..., segment.offset : segment.offset + segment.size]
-        shape = segment.shape
-        if len(shape) == 4:
-            k, _, cin, cout = shape
-            piece = piece.reshape(*lead, cout, cin, k, k)
-            n = len(lead)
-            piece = xp.transpose(piece, (*range(n), n + 2, n + 3, n + 1, n))
-        elif len(shape) == 2:
-            cin, cout = shape
-            piece = piece.reshape(*lead, cout, cin)
-            piece = xp.swapaxes(piece, -1, -2)
-        else:
-            piece = piece.reshape(*lead, *shape)
-        params.setdefault(segment.path[0], {})[segment.path[1]] = piece
-    return params
-
-
-def count_weights(arch: Architecture) -> dict[str, int]:
-    """``{"conv": n, "fc": n, "total": n}`` weights in the flat vector."""
-    counts = {"conv": 0, "fc": 0}
-    for segment in layout(arch):
-        counts[segment.part] += segment.size
-    counts["total"] = counts["conv"] + counts["fc"]
-    return counts
+                x = norm(f"fc{i}_bn", masks)(x)
+            if train:
+                x = dropout(self.make_rng("dropout"), x, i)
+            hidden.append(x)
+        masks = None
+        last_in = dims.width_fc >> (dims.depth_fc - 1)
+        if shape is not None:
+            x = jnp.zeros((x.shape[0], arch.width_fc), x.dtype)
+            for i, h in enumerate(hidden):
+                x = jnp.where(shape.depth_fc == i + 1, jnp.pad(h, ((0, 0), (0, arch.width_fc - h.shape[-1]))), x)
+            rows = _below(arch.width_fc, last_in).astype(jnp.float32)
+            masks = (rows[:, None] * jnp.ones(arch.num_classes), jnp.ones(arch.num_classes))
+        family = (max(init.FAMILY_WIDTH_FC, x.shape[-1]), arch.num_classes)
+        cut = lambda d, n=x.shape[-1]: d[:n]  # noqa: E731
+        out = Dense(arch.num_classes, name="out")
+        return out(x, kernel_init(init.OUT_ROLE, family, cut, (last_in, arch.num_classes), masks), masks)

@@ -178,7 +178,8 @@ def disk_estimate(prepared: PreparedRun) -> dict[str, float]:
     "scratch": most bytes of in-flight exports}`` (float32 weights and batch-norm
     statistics; tables and metadata are small beside them).
     """
-    from nwsjax.model import Architecture, count_weights
+    from nwsjax.layout import count_weights
+    from nwsjax.model import Architecture
 
     sizes = []
     for member in prepared.members:

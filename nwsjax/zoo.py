@@ -21,7 +21,7 @@ Layout of a zoo folder (format ``nwsjax-zoo``, version 1)::
                         initialization, snapshot K its final weights
 
 Flattening a member in the NWS order needs only its architecture, which the members
-table holds (:func:`nwsjax.model.layout`).
+table holds (:func:`nwsjax.layout.layout`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ import numpy as np
 import pandas as pd
 
 from nwsjax.errors import ZooError
-from nwsjax.model import Architecture, Segment, count_weights, flatten, layout
+from nwsjax.layout import Segment, count_weights, flatten, layout
+from nwsjax.model import Architecture
 from nwsjax.space import PROPERTY_NAMES
 
 __all__ = [

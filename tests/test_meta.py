@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from nwsjax.errors import ConfigError, ZooError
+from nwsjax.layout import count_weights, flatten, layout, unflatten
 from nwsjax.meta import data as D
 from nwsjax.meta import train as T
 from nwsjax.meta.models import DMC, UNIT_FEATURES, UnitSet, dmc_plan, statistic_names, unit_count, unit_tokens, weight_statistics
 from nwsjax.meta.reader import WeightReader
-from nwsjax.model import Architecture, count_weights, flatten, layout, unflatten
+from nwsjax.model import Architecture
 from nwsjax.zoo import WeightSource, Zoo, ZooWriter, open_zoo
 
 SMALL = Architecture(3, 3, 2, 4, 64)  # 20,682 weights, 1,632 in the conv part

@@ -15,10 +15,10 @@ import pytest
 
 from nwsjax.errors import ConfigError
 from nwsjax.formats import nws, open_any, smallcnnzoo
+from nwsjax.layout import count_weights
 from nwsjax.meta import data as D
 from nwsjax.meta.models import UNIT_FEATURES, unit_tokens
 from nwsjax.meta.reader import WeightReader
-from nwsjax.model import count_weights
 from nwsjax.zoo import WeightSource
 
 from format_files import write_nws_lists, write_nws_network, write_small_cnn_zoo

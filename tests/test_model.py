@@ -6,17 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nwsjax.layout import count_weights, flatten, layout, unflatten
 from nwsjax.model import (
     ACTIVATIONS,
     Architecture,
     NWSNet,
     conv_canonical,
     conv_xla,
-    count_weights,
-    flatten,
-    layout,
     max_pool_2x2,
-    unflatten,
 )
 
 

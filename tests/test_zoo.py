@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY, train_zoo
 from nwsjax.data import subset
 from nwsjax.errors import ZooError
-from nwsjax.model import flatten
+from nwsjax.layout import flatten
 from nwsjax.space import PROPERTY_NAMES, sample_members
 from nwsjax.zoo import open_zoo
 

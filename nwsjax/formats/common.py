@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from nwsjax.errors import ZooError
-from nwsjax.model import Architecture, Segment, count_weights, layout, unflatten
+from nwsjax.layout import Segment, count_weights, layout, unflatten
+from nwsjax.model import Architecture
 from nwsjax.space import ARCHITECTURE_PROPERTIES, PROPERTY_NAMES
 from nwsjax.zoo import check_ids, check_snapshot, one_architecture, snapshot_exports
 
@@ -246,7 +247,7 @@ class FileZoo:
         """Stacked Flax params trees of ``ids`` (one architecture) at ``snapshot`` (default K).
 
         Returns:
-          ``{layer: {name: float32 [len(ids), *shape]}}`` (see :func:`nwsjax.model.unflatten`).
+          ``{layer: {name: float32 [len(ids), *shape]}}`` (see :func:`nwsjax.layout.unflatten`).
         """
         ids = check_ids(self.members, ids)
         arch = one_architecture(self, ids)  # before reading: a length that fits no architecture is the error

@@ -40,7 +40,7 @@ from nwsjax.formats.common import (
     member_ids,
     snapshot_exports_of,
 )
-from nwsjax.model import Segment, layout, unflatten
+from nwsjax.layout import Segment, layout, unflatten
 from nwsjax.space import PROPERTY_NAMES
 from nwsjax.zoo import check_ids, check_snapshot
 

@@ -27,7 +27,8 @@ import numpy as np
 
 from collections.abc import Sequence
 
-from nwsjax.model import Architecture, Segment, layout
+from nwsjax.layout import Segment, layout
+from nwsjax.model import Architecture
 
 __all__ = [
     "DMC",
