@@ -6,6 +6,7 @@ Examples::
     python experiments/meta.py --zoo runs/fmnist --target all --snapshots 11-20 --out runs/fmnist-meta
     python experiments/meta.py --zoo runs/fmnist --target activation --model dmc --slice-length 5000 --part conv
     python experiments/meta.py --zoo runs/fmnist --target dataset --analysis where,when,slice-length
+    python experiments/meta.py --zoo runs/fmnist --target optimizer --model dmc --steps 19000 --eval-every 500 --patience 6
     python experiments/meta.py --zoo nws/nws_main_train.csv,nws/nws_main_test.csv --target dataset
     python experiments/meta.py --zoo small-cnn-zoo/mnist --target config.optimizer,test_acc
 
@@ -58,11 +59,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ensemble", type=int, default=64, help="evenly spaced test slices per network (default %(default)s)")
     p.add_argument("--positions", type=int, default=100, help="slice positions of the where analysis (default %(default)s)")
     p.add_argument("--epochs", type=int, default=50, help="training epochs of the Flax models (default %(default)s)")
+    p.add_argument("--steps", type=_number(int, 1), default=None,
+                   help="budget in train steps, instead of --epochs (the reference: about 19,000 for the DMC)")
+    p.add_argument("--eval-every", type=_number(int, 1), default=None,
+                   help="train steps between learning-curve points (default: one epoch)")
+    p.add_argument("--patience", type=_number(int, 1), default=None,
+                   help="stop after this many learning-curve points without a better validation number, "
+                   "keeping the best (default: train the whole budget)")
+    p.add_argument("--train-eval", type=_number(int, 0), default=512,
+                   help="training samples evaluated without dropout at every learning-curve point, 0 = none (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per step (default %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)")
     p.add_argument("--dmc-width", type=_number(float, 0, strict=True), default=1.0, help="DMC/global width multiplier, 1 = reference (default %(default)s)")
     p.add_argument("--dmc-dropout", type=_number(float, 0, maximum=0.99), default=0.5,
                    help="dropout rate of the DMC/global dense layers, 0.5 = reference (default %(default)s)")
+    p.add_argument("--dmc-test-norm", choices=("batch", "running"), default="batch",
+                   help="DMC/global batch norm at test time: the test batch's own statistics (the reference) "
+                   "or the running averages (default %(default)s)")
     p.add_argument("--units-keep", type=_number(float, 0, strict=True, maximum=1), default=0.5,
                    help="fraction of units the units model keeps per training pass, 1 = all (default %(default)s)")
     p.add_argument("--set-slices", type=_number(int, 1), default=8, help="slices per network for the set model (default %(default)s)")
@@ -116,9 +129,11 @@ def _main(argv=None) -> int:
         val_fraction=args.val_fraction,
         own_split=not args.random_split,
         min_test_acc=args.min_test_acc,
-        train=TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lrate=args.lr,
+        train=TrainSettings(epochs=args.epochs, steps=args.steps, eval_every=args.eval_every, patience=args.patience,
+                            train_eval=args.train_eval, batch_size=args.batch_size, lrate=args.lr,
                             buffer_bytes=args.buffer_mb << 20, progress=not args.quiet),
-        options=ModelOptions(dmc_width=args.dmc_width, dmc_dropout=args.dmc_dropout, units_keep=args.units_keep,
+        options=ModelOptions(dmc_width=args.dmc_width, dmc_dropout=args.dmc_dropout, dmc_test_norm=args.dmc_test_norm,
+                             units_keep=args.units_keep,
                              set_slices=args.set_slices,
                              stats_iterations=args.stats_iterations),
         cache_bytes=args.cache_mb << 20,

@@ -13,14 +13,24 @@ per step and slices per second (for the units model: networks per second) of
 * train: one epoch of train steps fed by the pipeline, as a meta run trains.
 
 The pipeline is not the bottleneck when "train" is as fast as "compute" (and warm
-"pipeline" much faster than both). Errors print one line starting "error: " and exit 2.
+"pipeline" much faster than both). With ``--torch-python`` (a Python with torch, e.g.
+Debian's ``/usr/bin/python3``), the DMC's training step is also timed in plain PyTorch
+(``experiments/torch_dmc.py``: the same network, widths and plan, Adam, a batch of the
+same stream) on the cores this process may use, and the ratio printed; pin the whole
+run with ``taskset -c 0 python experiments/meta_bench.py ...``. Errors print one line
+starting "error: " and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pathlib
+import platform
+import subprocess
 import sys
+import tempfile
 
 from nwsjax.cli import ArgumentParser, main_wrapper
 
@@ -38,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dmc-width", type=float, default=1.0, help="DMC width multiplier (default %(default)s)")
     p.add_argument("--set-slices", type=int, default=8, help="slices per sample of the set model (default %(default)s)")
     p.add_argument("--cache-mb", type=int, default=1024, help="vector cache budget in MiB (default %(default)s)")
+    p.add_argument("--torch-python", default=None, help="a Python with torch: also time the DMC step in PyTorch")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     return p.parse_args(argv)
 
@@ -68,8 +79,12 @@ def _main(argv=None) -> int:
         samples = samples.take(~np.isnan(y))
     options = T.ModelOptions(dmc_width=args.dmc_width, set_slices=args.set_slices)
     settings = T.TrainSettings(batch_size=args.batch_size, progress=False)
+    load_at_start = os.getloadavg()
+    cores = sorted(os.sched_getaffinity(0))
     print(f"zoo {zoo.path}: {len(ids)} networks x {len(snapshots)} snapshots = {len(samples)} samples; "
-          f"target {target.name}; batch {args.batch_size}; backend {jax.default_backend()}")
+          f"target {target.name}; batch {args.batch_size}; backend {jax.default_backend()} "
+          f"({platform.processor() or platform.machine()}), cores {','.join(map(str, cores))} of {os.cpu_count()}, "
+          f"load average {' '.join(f'{x:.2f}' for x in load_at_start)}; jax {jax.__version__}")
     print(f"{'model':7s} {'slices/step':>11s} {'measure':16s} {'s/step':>8s} {'slices/s':>10s}")
     results = {}
     for model in models:
@@ -78,17 +93,50 @@ def _main(argv=None) -> int:
         stream = T.make_stream(model, zoo, reader, samples, spec, batch_size=args.batch_size, buffer_bytes=256 << 20)
         module = T.build_model(model, target.num_outputs, options)
         numbers = T.throughput(module, target, stream, settings, args.steps)
+        if args.torch_python and model in ("dmc", "global") and target.kind == "classification":
+            batch = next(iter(stream.train_epoch(np.random.default_rng(0))))
+            torch = _torch_step(args.torch_python, module, batch.x[:, 0], batch.y, len(cores), args.steps)
+            numbers["pytorch"] = {"steps": args.steps, "seconds_per_step": torch["step_seconds"],
+                                  "slices_per_second": args.batch_size / torch["step_seconds"], "torch": torch["torch"]}
+            numbers["compute_over_pytorch"] = torch["step_seconds"] / numbers["compute"]["seconds_per_step"]
         results[model] = {"slice_length": stream.length, "slices_per_step": args.batch_size * spec.count, **numbers}
         for name, label in (("pipeline_cold", "pipeline (cold)"), ("pipeline", "pipeline (warm)"),
-                            ("compute", "compute"), ("train", "train")):
+                            ("compute", "compute"), ("train", "train"), ("pytorch", "pytorch compute")):
+            if name not in numbers:
+                continue
             n = numbers[name]
             print(f"{model:7s} {args.batch_size * spec.count:11d} {label:16s} {n['seconds_per_step']:8.4f} "
                   f"{n['slices_per_second']:10.1f}")
+        if "pytorch" in numbers:
+            print(f"{model}: nwsjax compute step {1e3 * numbers['compute']['seconds_per_step']:.0f} ms, PyTorch "
+                  f"{numbers['pytorch']['torch']} {1e3 * numbers['pytorch']['seconds_per_step']:.0f} ms: nwsjax is "
+                  f"{numbers['compute_over_pytorch']:.2f}x the PyTorch loop's speed")
+    print(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"zoo": str(zoo.path), "backend": jax.default_backend(), "samples": len(samples),
-                       "batch_size": args.batch_size, "models": results}, f, indent=1)
+                       "batch_size": args.batch_size, "cores": cores, "jax": jax.__version__,
+                       "load_at_start": load_at_start, "load_at_end": os.getloadavg(), "models": results}, f, indent=1)
     return 0
+
+
+def _torch_step(python: str, module, x, y, threads: int, steps: int) -> dict:
+    """Times the same DMC (plan, widths, classes) in ``experiments/torch_dmc.py`` under ``python``
+    on one batch ``x`` float32 ``[batch, length]``, labels ``y``; returns its JSON line."""
+    import numpy as np
+
+    from nwsjax.meta.models import DEEP_LENGTH, dmc_plan
+
+    length = x.shape[1]
+    plan = dmc_plan(length, length > DEEP_LENGTH if module.deep is None else module.deep)
+    with tempfile.TemporaryDirectory() as tmp:
+        arrays = pathlib.Path(tmp, "batch.npz")
+        np.savez(arrays, x=x, y=np.asarray(y).astype(np.int64))
+        command = [python, str(pathlib.Path(__file__).with_name("torch_dmc.py")), "--data", str(arrays),
+                   "--plan", json.dumps(plan), "--width", str(module.width), "--classes", str(module.outputs),
+                   "--threads", str(threads), "--timed-steps", str(steps)]
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # NWSError (a user error) becomes one line on stderr and exit code 2.

@@ -536,6 +536,16 @@ def test_models_learn_a_planted_class(planted_zoo, model, length, epochs):
     assert fitted.steps == epochs * (len(samples["train"]) // 16)
     assert fitted.history[-1]["loss"] < fitted.history[0]["loss"]
     assert single["accuracy"] > 0.6, single  # chance 1/3
+    if model == "dmc":  # 4 slices per test network, normalized together: the vote and the per-slice number
+        ensemble = T.eval_stream(planted_zoo, stream.reader, samples["test"], stream.spec, T.TrainSettings(), count=4)
+        outputs = T.predict(fitted, ensemble, T.evenly(ensemble), per_slice=True)
+        assert outputs.shape == (len(samples["test"]), 4, 3)
+        np.testing.assert_allclose(outputs.sum(-1), 1, atol=1e-5)
+        # (the planted class is the scale of a whole network, which batch norm over one network's
+        # slices divides away: these numbers sit near chance, unlike the single-slice one)
+        correct = (outputs.argmax(-1) == samples["test"].y[:, None]).mean(1)
+        by_network = [correct[samples["test"].member == m].mean() for m in np.unique(samples["test"].member)]
+        assert T.slice_metrics(target, outputs, samples["test"])["accuracy"] == pytest.approx(np.mean(by_network))
 
 
 def test_global_model_reads_the_whole_part(planted_zoo):
@@ -638,3 +648,93 @@ def test_report_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
         assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         matplotlib.use(before)
+
+
+# --------------------------------------------------------------------------- #
+# The DMC as the reference ran it: batch norm at test time, the 64-slice number, budgets
+# --------------------------------------------------------------------------- #
+
+
+def test_dmc_batch_norm_at_test_time_normalizes_by_the_test_batch():
+    """test_norm="batch": a sample's output depends on the other samples of its batch, and in
+    the per-network evaluation on the other slices of its own network only; "running": on neither."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 256)).astype(np.float32)  # 2 networks x 4 slices
+    position = np.zeros((2, 4), np.float32)
+    changed = x.copy()
+    changed[0, 1:] *= 3.0  # the other slices of network 0
+    other = x.copy()
+    other[1] += 1.0  # the slices of network 1
+    variables = None
+    for norm in ("batch", "running"):
+        module = DMC(3, width=0.125, dropout=0.0, test_norm=norm)
+        if variables is None:
+            variables = module.init(jax.random.key(0), x[:, :1], position[:, :1])
+            variables = {"params": variables["params"], "batch_stats": jax.tree.map(
+                lambda v: v + 0.5, variables["batch_stats"])}  # running averages unlike any batch's
+        forward = T._forward(module, "classification", True)
+        base, moved, elsewhere = (np.asarray(forward(variables, v, position)) for v in (x, changed, other))
+        assert T.normalizes_by_batch(module) == (norm == "batch")
+        if norm == "batch":
+            assert np.abs(base[0, 0] - moved[0, 0]).max() > 1e-2  # its network's other slices matter
+            np.testing.assert_allclose(base[0], elsewhere[0], atol=2e-4)  # another network's do not
+            # single slices (one per sample): the whole batch is one batch. The 4 slices of
+            # network 0 as 4 samples give the per-network outputs; another sample changes them.
+            alone = np.asarray(forward(variables, x[0][:, None], position[0][:, None]))
+            np.testing.assert_allclose(alone[:, 0], base[0], atol=2e-4)
+            moved_alone = np.asarray(forward(variables, changed[0][:, None], position[0][:, None]))
+            assert np.abs(alone[0, 0] - moved_alone[0, 0]).max() > 1e-2
+        else:
+            np.testing.assert_allclose(base[0, 0], moved[0, 0], atol=2e-4)
+            np.testing.assert_allclose(base[0], elsewhere[0], atol=2e-4)
+
+
+def test_slice_metrics_count_correct_slices_not_votes():
+    """The reference's 64-slice number: the fraction of slices correct per network, then the mean."""
+    target = D.Target("optimizer", "classification", OPTIMIZERS)
+    samples = D.Samples(np.array([1, 1, 2]), np.array([1, 2, 1]), np.array([0, 0, 2]))
+    # network 1, snapshot 1: 3 of 4 slices right; snapshot 2: 1 of 4; network 2: 2 of 4 (a tie the vote breaks to class 0)
+    predicted = np.array([[0, 0, 0, 1], [0, 1, 1, 2], [2, 0, 2, 0]])
+    outputs = np.eye(3)[predicted]  # [3 samples, 4 slices, 3 classes]
+    result = T.slice_metrics(target, outputs, samples)
+    assert result["accuracy"] == pytest.approx(((0.75 + 0.25) / 2 + 0.5) / 2)
+    assert result["sample_accuracy"] == pytest.approx(1.5 / 3)
+    vote = T.metrics(target, outputs.mean(1), samples)
+    assert vote["accuracy"] == pytest.approx((0.5 + 0.0) / 2)  # votes: 0 (right), 1 (wrong); 0 (wrong)
+    regression = T.slice_metrics(D.Target("lrate", "regression"), np.array([[1.0, 3.0], [2.0, 2.0]]),
+                                 D.Samples(np.array([1, 2]), np.array([1, 1]), np.array([2.0, 0.0])))
+    assert regression["mae"] == pytest.approx((1.0 + 2.0) / 2)  # a mean of |errors|, not the error of the mean
+
+
+def test_budget_in_steps_learning_curve_and_early_stopping(planted_zoo):
+    target = D.resolve_targets("optimizer", planted_zoo)[0][0]
+    split = D.split_networks(planted_zoo.members.index, seed=0, test_fraction=0.25, val_fraction=0.0)
+    samples = D.make_samples(planted_zoo, target, split, (1, 2, 3), seed=0)
+    opts = T.ModelOptions(dmc_width=0.25, dmc_dropout=0.0, set_slices=2)
+    spec = T.slice_spec("set", 128, "whole", opts)
+    stream = T.make_stream("set", planted_zoo, WeightReader(planted_zoo), samples["train"], spec, batch_size=16,
+                           buffer_bytes=1 << 26)
+    module = T.build_model("set", target.num_outputs, opts)
+    per_epoch = len(samples["train"]) // 16
+    # a budget in steps, not epochs: points every 3 steps and at the last step, across epoch ends
+    steps = per_epoch + 2
+    settings = T.TrainSettings(epochs=50, steps=steps, eval_every=3, batch_size=16, progress=False)
+    fitted = T.fit(module, target, stream, settings, seed=0, train_metric=lambda f: 0.5)
+    assert fitted.steps == steps
+    assert [r["step"] for r in fitted.history] == [*range(3, steps, 3), steps]
+    assert [r["epoch"] for r in fitted.history] == pytest.approx([r["step"] / per_epoch for r in fitted.history])
+    assert all(r["train_eval"] == 0.5 and np.isfinite(r["loss"]) and "val" not in r for r in fitted.history)
+    # early stopping: validation 0.4, 0.6 (best), 0.5, 0.55 -> patience 2 stops at the 4th point, keeps the 2nd
+    scripted, seen = [0.4, 0.6, 0.5, 0.55, 0.9, 0.9], []
+
+    def validate(f):
+        seen.append(jax.device_get(f.variables))
+        return scripted[len(seen) - 1]
+
+    settings = T.TrainSettings(steps=100, eval_every=2, patience=2, batch_size=16, progress=False)
+    fitted = T.fit(module, target, stream, settings, seed=0, validate=validate)
+    assert fitted.steps == 8 and len(fitted.history) == 4 and fitted.best_step == 4
+    assert [r["val"] for r in fitted.history] == scripted[:4]
+    jax.tree.map(np.testing.assert_array_equal, fitted.variables, seen[1])
+    with pytest.raises(ConfigError, match="patience=0"):
+        T.TrainSettings(patience=0)

@@ -63,10 +63,14 @@ def test_bad_input_gives_one_line_errors(cli, zoo, tmp_path, capsys):
     line = _error(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer", "--snapshots", "2-9")
     assert "out of bounds" in line and "1..3" in line
     line = _error(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer", "--slice-length", "30000")
-    assert "longer than the vector of network" in line and "20682" in line
+    assert "longer than the vector of network" in line and "21260" in line
     assert "unknown model" in _error(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer", "--model", "svm")
     assert "unknown analysis" in _error(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer", "--analysis", "why")
     assert "one class" in _error(cli, capsys, "--zoo", str(zoo.path), "--target", "activation")
+    assert "--patience: 0: must be >= 1" in _error_exit(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer",
+                                                         "--patience", "0")
+    assert "invalid choice" in _error_exit(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer",
+                                           "--dmc-test-norm", "train")
     assert "--target" in _error_exit(cli, capsys, "--zoo", str(zoo.path))
     assert "invalid int" in _error_exit(cli, capsys, "--zoo", str(zoo.path), "--target", "optimizer", "--slice-length", "x")
 
@@ -122,6 +126,11 @@ def test_run_writes_report_and_repeats_exactly(cli, zoo, tmp_path, capsys):
             "where-optimizer-set.png", "when-optimizer.png", "slice-length-optimizer.png", "where-lrate-set.png"} <= files
     assert (first / "confusion-optimizer-set.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mean" in (first / "summary.txt").read_text()
+    history = optimizer["models"]["set"]["history"]  # the learning curve: one point per epoch (2 steps each here)
+    assert [r["epoch"] for r in history] == [1, 2] and all({"step", "loss", "train", "train_eval", "val"} <= set(r) for r in history)
+    assert optimizer["models"]["set"]["train_eval"] == history[-1]["train_eval"]
+    assert (first / "curve-optimizer-set.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (first / "curve-lrate-units.png").exists() and not (first / "curve-optimizer-stats.png").exists()
 
     assert cli.main(["--zoo", str(zoo.path), *ARGS, "--out", str(second)]) == 0
     again = json.loads((second / "results.json").read_text())

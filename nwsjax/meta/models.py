@@ -35,6 +35,7 @@ __all__ = [
     "SliceSet",
     "UnitSet",
     "DEEP_LENGTH",
+    "TEST_NORMS",
     "STATISTICS",
     "UNIT_FEATURES",
     "magnitude",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 DEEP_LENGTH = 40_000  # the reference uses its deeper DMC for slices longer than this
+TEST_NORMS = ("batch", "running")  # DMC.test_norm: batch statistics (the reference) or running averages
 _BN_MOMENTUM = 0.9  # TensorLayer BatchNormLayer defaults, as in the reference
 _BN_EPSILON = 1e-5
 _glorot = nn.initializers.glorot_normal()
@@ -96,29 +98,38 @@ class DMC(nn.Module):
       width: multiplies every channel count and dense width (1.0 is the reference;
         smaller values make tests fast).
       dropout: dropout rate of the dense layers.
+      test_norm: what batch norm normalizes by outside training. ``"batch"`` (the
+        reference: its batch-norm layers stay in training mode, so a test batch is
+        normalized with its own statistics; call ``apply`` with
+        ``mutable=["batch_stats"]`` and drop the updated averages); ``"running"``:
+        the running averages gathered in training.
     """
 
     outputs: int
     deep: bool | None = None
     width: float = 1.0
     dropout: float = 0.5
+    test_norm: str = "batch"
 
     @nn.compact
     def __call__(self, x, position=None, *, train: bool = False):
         del position  # the DMC sees the weights only
+        if self.test_norm not in TEST_NORMS:
+            raise ValueError(f"test_norm={self.test_norm!r}: choose one of {', '.join(TEST_NORMS)}")
+        by_batch = train or self.test_norm == "batch"
         batch, slices, length = x.shape
         h = x.reshape(batch * slices, length, 1)
         deep = length > DEEP_LENGTH if self.deep is None else self.deep
         scale = lambda n: max(1, int(round(n * self.width)))  # noqa: E731
         for channels, pool in dmc_plan(length, deep):
             h = nn.Conv(scale(channels), (5,), padding="SAME", kernel_init=_glorot)(h)
-            h = _norm(train)(nn.relu(h))
+            h = _norm(by_batch)(nn.relu(h))
             if pool and h.shape[1] >= 2:
                 h = _pool(h)
         h = h.reshape(h.shape[0], -1)
         for features in (1024, 1024, 1024, 1024, 64):
             h = nn.Dense(scale(features), kernel_init=_glorot)(h)
-            h = _norm(train)(nn.relu(h))
+            h = _norm(by_batch)(nn.relu(h))
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
         out = nn.Dense(self.outputs, kernel_init=_glorot)(h)
         return out.reshape(batch, slices, -1).mean(axis=1)

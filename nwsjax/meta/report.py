@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["format_target", "format_summary", "read_reports", "markdown_tables", "plot_confusion", "plot_slice_length", "plot_where", "plot_when", "write_json"]
+__all__ = ["format_target", "format_summary", "read_reports", "markdown_tables", "plot_confusion", "plot_learning_curve",
+           "plot_slice_length", "plot_where", "plot_when", "write_json"]
 
 
 def _pct(value, ci=None) -> str:
@@ -33,13 +34,15 @@ def format_target(name: str, entry: dict, ensemble: int) -> str:
     if entry["kind"] == "classification":
         lines.append(f"== {name}: {len(entry['classes'])} classes, chance {_pct(entry['chance'])} ==")
         lines.append(head)
-        lines.append(f"{'model':8s} {'1 slice':>16s} {f'{ensemble} slices':>16s} {'val':>7s} {'seconds':>8s}")
+        lines.append(f"{'model':8s} {'1 slice':>16s} {f'{ensemble} slices, vote':>18s} {f'{ensemble}, per slice':>16s} "
+                     f"{'train':>7s} {'val':>7s} {'steps':>6s} {'seconds':>8s}")
         for model, r in entry["models"].items():
-            single, ens = r["single"], r.get("ensemble")
+            single, ens, each = r["single"], r.get("ensemble"), r.get("per_slice")
             lines.append(
                 f"{model:8s} {_pct(single['accuracy'], single['ci95']):>16s} "
-                f"{_pct(ens['accuracy'], ens['ci95']) if ens else '-':>16s} "
-                f"{_pct(r.get('val')):>7s} {r['seconds']:8.1f}"
+                f"{_pct(ens['accuracy'], ens['ci95']) if ens else '-':>18s} "
+                f"{_pct(each['accuracy'], each['ci95']) if each else '-':>16s} "
+                f"{_pct(r.get('train_eval')):>7s} {_pct(r.get('val')):>7s} {r.get('steps', '-'):>6} {r['seconds']:8.1f}"
             )
     else:
         lines.append(f"== {name}: regression, chance MAE {_num(entry['chance'])} (the training median) ==")
@@ -197,6 +200,30 @@ def _finish(fig, ax, path: Path, kind: str, title: str, **legend) -> None:
     ax.set_ylabel(_ylabel(kind))
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, **legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_learning_curve(path: Path, history: list[dict], kind: str, chance: float, title: str) -> None:
+    """A training run's learning-curve points (:func:`nwsjax.meta.train.fit`) versus step:
+    the train steps' metric (dropout on), training and validation metrics without
+    dropout, chance, and the loss on a second axis."""
+    fig, ax = _subplots((6.0, 3.8))
+    steps = [r["step"] for r in history]
+    metric = "accuracy" if kind == "classification" else "error"
+    if kind == "classification":
+        ax.plot(steps, [r["train"] for r in history], ":", color="C0", label="train steps (dropout on)")
+    for key, style, label in (("train_eval", "-", f"train {metric} (no dropout)"), ("val", "-", f"validation {metric}")):
+        if any(key in r for r in history):
+            ax.plot([r["step"] for r in history if key in r], [r[key] for r in history if key in r], style, label=label)
+    ax.axhline(chance, color="gray", lw=1, ls=":", label="chance")
+    loss = ax.twinx()
+    loss.plot(steps, [r["loss"] for r in history], "--", color="k", alpha=0.35, lw=1)
+    loss.set_ylabel("training loss (dashed)")
+    ax.set_xlabel("train step")
+    ax.set_ylabel("accuracy" if kind == "classification" else "MAE (train steps: standardized loss)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

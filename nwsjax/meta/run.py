@@ -53,12 +53,15 @@ from nwsjax.meta.train import (
     headline,
     make_stream,
     metrics,
+    normalizes_by_batch,
     predict,
     random_starts,
+    slice_metrics,
     slice_spec,
     stats_features,
     stats_outputs,
 )
+from nwsjax.meta.models import DMC
 from nwsjax.zoo import Zoo, software_versions
 
 __all__ = ["ANALYSES", "DEFAULT_MODELS", "MetaConfig", "run_meta", "parse_models", "parse_analyses"]
@@ -166,7 +169,10 @@ class Run:
         """Trains ``model`` on the train samples and tests it: ``(result, fitted model or None)``.
 
         Slice models are tested on one seeded random slice per sample (``single``) and on
-        ``config.ensemble`` evenly spaced slices (``ensemble``).
+        ``config.ensemble`` evenly spaced slices: ``ensemble`` averages the probabilities
+        (a soft vote); for the DMC, ``per_slice`` is the reference's number, the fraction
+        of the slices classified correctly per network. ``train`` is the accuracy (or
+        error) on training samples without dropout at the last learning-curve point.
         """
         config, tag = self.config, (target.name, model, length, format_snapshots(snapshots))
         start = time.perf_counter()
@@ -176,22 +182,38 @@ class Run:
         stream = make_stream(model, self.zoo, self.reader, samples["train"], spec, batch_size=config.train.batch_size,
                              buffer_bytes=config.train.buffer_bytes)
         module = build_model(model, target.num_outputs, config.options)
-        validation = None
-        if validate and len(samples["val"]):
-            val = eval_stream(self.zoo, self.reader, samples["val"], spec, config.train, count=1, model=model)
-            starts = random_starts(val, config.seed, "val", *tag)
-            validation = lambda f: headline(target, metrics(target, predict(f, val, starts), samples["val"]))  # noqa: E731
+        # one slice per sample: a model normalized by the test batch sees batches of the training batch size
+        single_batch = config.train.batch_size if normalizes_by_batch(module) else None
+
+        def scorer(side: Samples, name: str):
+            stream = eval_stream(self.zoo, self.reader, side, spec, config.train, count=1, model=model,
+                                 batch_size=single_batch)
+            starts = random_starts(stream, config.seed, name, *tag)
+            return lambda f: headline(target, metrics(target, predict(f, stream, starts), side))
+
+        validation = scorer(samples["val"], "val") if validate and len(samples["val"]) else None
+        training = None
+        if validate and config.train.train_eval:
+            rows = rng_for(config.seed, "train-eval", *tag).permutation(len(samples["train"]))[: config.train.train_eval]
+            training = scorer(samples["train"].take(np.sort(rows)), "train-eval")
         fitted = fit(module, target, stream, config.train, self.seed(*tag), validate=validation,
-                     label=f"{target.name} {model}")
-        test = eval_stream(self.zoo, self.reader, samples["test"], spec, config.train, count=1, model=model)
+                     train_metric=training, label=f"{target.name} {model}")
+        test = eval_stream(self.zoo, self.reader, samples["test"], spec, config.train, count=1, model=model,
+                           batch_size=single_batch)
         bar = f"{target.name} {model} test" if config.train.progress else None
         starts = random_starts(test, config.seed, "test", *tag)
         result = {"single": metrics(target, predict(fitted, test, starts, progress=bar), samples["test"])}
         if model in SLICE_MODELS:
             ensemble = eval_stream(self.zoo, self.reader, samples["test"], spec, config.train, count=config.ensemble)
-            result["ensemble"] = metrics(target, predict(fitted, ensemble, evenly(ensemble), progress=bar), samples["test"])
-        if fitted.history and "val" in fitted.history[-1]:
-            result["val"] = fitted.history[-1]["val"]
+            each = isinstance(module, DMC)
+            outputs = predict(fitted, ensemble, evenly(ensemble), per_slice=each, progress=bar)
+            result["ensemble"] = metrics(target, outputs.mean(axis=1) if each else outputs, samples["test"])
+            if each:
+                result["per_slice"] = slice_metrics(target, outputs, samples["test"])
+        kept = {r["step"]: r for r in fitted.history}.get(fitted.best_step) or (fitted.history or [{}])[-1]
+        result.update({key: kept[key] for key in ("val", "train_eval") if key in kept})
+        if fitted.best_step is not None:
+            result["best_step"] = fitted.best_step
         result.update(history=fitted.history, steps=fitted.steps, seconds=time.perf_counter() - start)
         if model != "units":
             result.update(slice_length=stream.length, slices_per_sample=spec.count)
@@ -401,6 +423,9 @@ def _run_target(run: Run, target: Target) -> dict:
     for model in run.models:
         result, fitted[model] = run.train_and_test(target, model, samples, run.config.slice_length, run.snapshots)
         entry["models"][model] = result
+        if result.get("history"):
+            report.plot_learning_curve(run.out / f"curve-{target.name}-{model}.png", result["history"], target.kind,
+                                       entry["chance"], f"{target.name}, {model}: learning curve")
         if target.kind == "classification":
             best = result.get("ensemble") or result["single"]
             report.plot_confusion(run.out / f"confusion-{target.name}-{model}.png", best["confusion"],

@@ -3,7 +3,15 @@
 Flax models train as the reference trains its DMC: Adam, the rate multiplied by 0.95
 fifty times over training (staircase), batch 64, cross-entropy for classes and mean
 absolute error for regression (on the standardized value). Every epoch draws fresh
-slice positions (:meth:`nwsjax.meta.data.SliceStream.train_epoch`).
+slice positions (:meth:`nwsjax.meta.data.SliceStream.train_epoch`). The budget is
+``epochs`` passes or a number of ``steps``; every ``eval_every`` steps a learning-curve
+point records the loss, training accuracy without dropout and the validation metric,
+and with ``patience`` training stops when validation stops improving.
+
+The DMC normalizes by batch statistics at test time by default, as the reference
+(:attr:`nwsjax.meta.models.DMC.test_norm`): :func:`predict` then normalizes the slices of
+one sample together (the 64 slices of one network), and single slices in batches of
+``batch_size`` samples (the reference's test batches).
 
 Evaluation gives, per sample, class probabilities (or a value) from
 
@@ -18,6 +26,7 @@ networks with a 95% confidence interval.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -43,7 +52,7 @@ from nwsjax.meta.data import (
     prefetch,
     rng_for,
 )
-from nwsjax.meta.models import DMC, SliceSet, UnitSet, statistic_names, weight_statistics
+from nwsjax.meta.models import DMC, TEST_NORMS, SliceSet, UnitSet, statistic_names, weight_statistics
 from nwsjax.meta.reader import WeightReader
 from nwsjax.zoo import Zoo
 
@@ -63,6 +72,8 @@ __all__ = [
     "fit_stats",
     "stats_features",
     "metrics",
+    "normalizes_by_batch",
+    "slice_metrics",
     "throughput",
 ]
 
@@ -75,7 +86,15 @@ class TrainSettings:
     """How Flax meta-models train (defaults: the reference's DMC training).
 
     Attributes:
-      epochs: passes over the training samples.
+      epochs: passes over the training samples (the budget unless ``steps`` is given).
+      steps: the budget in train steps; None: ``epochs`` x steps per epoch. The rate
+        schedule spans the budget.
+      eval_every: steps between learning-curve points (validation, training accuracy
+        without dropout); None: one epoch. The last step always ends with one.
+      patience: stop after this many learning-curve points without a better validation
+        metric and keep the best point's variables; None: train the whole budget.
+      train_eval: training samples (a fixed seeded subset) evaluated without dropout at
+        every learning-curve point; 0: none.
       batch_size: samples per step.
       lrate: Adam's initial learning rate.
       decay, decays: the rate is multiplied by ``decay`` ``decays`` times over training.
@@ -85,6 +104,10 @@ class TrainSettings:
     """
 
     epochs: int = 50
+    steps: int | None = None
+    eval_every: int | None = None
+    patience: int | None = None
+    train_eval: int = 512
     batch_size: int = 64
     lrate: float = 1e-3
     decay: float = 0.95
@@ -100,6 +123,12 @@ class TrainSettings:
             raise ConfigError(f"lrate={self.lrate}: must be positive")
         if self.decays < 1 or not 0 < self.decay <= 1:
             raise ConfigError(f"decay={self.decay}, decays={self.decays}: need 0 < decay <= 1 and decays >= 1")
+        for name in ("steps", "eval_every", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value}: must be at least 1 (or None)")
+        if self.train_eval < 0:
+            raise ConfigError(f"train_eval={self.train_eval}: must be at least 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +138,8 @@ class ModelOptions:
     Attributes:
       dmc_width: channel and dense width multiplier of the DMC and global models (1 = reference).
       dmc_dropout: dropout rate of their dense layers (0.5 = reference).
+      dmc_test_norm: what their batch norm normalizes by at test time: ``"batch"``, the
+        test batch's own statistics (the reference), or ``"running"`` averages.
       set_slices: slices per network in a training sample of the set model.
       set_patch, set_width, set_depth: the set model's patch size, width and conv depth.
       set_bins: bins of the set model's per-slice histograms (0: none).
@@ -120,6 +151,7 @@ class ModelOptions:
 
     dmc_width: float = 1.0
     dmc_dropout: float = 0.5
+    dmc_test_norm: str = "batch"
     set_slices: int = 8
     set_patch: int = 16
     set_width: int = 64
@@ -148,7 +180,9 @@ def make_stream(model: str, zoo: Zoo, reader: WeightReader, samples: Samples, sp
 
 def build_model(model: str, outputs: int, options: ModelOptions) -> nn.Module:
     if model in ("dmc", "global"):
-        return DMC(outputs, width=options.dmc_width, dropout=options.dmc_dropout)
+        if options.dmc_test_norm not in TEST_NORMS:
+            raise ConfigError(f"--dmc-test-norm {options.dmc_test_norm}: choose one of {', '.join(TEST_NORMS)}")
+        return DMC(outputs, width=options.dmc_width, dropout=options.dmc_dropout, test_norm=options.dmc_test_norm)
     if model == "units":
         return UnitSet(outputs, width=options.units_width, keep=options.units_keep)
     if model == "set":
@@ -169,8 +203,9 @@ class Fitted:
     Attributes:
       module, variables: the model and its ``{"params", "batch_stats"}``.
       target: what it predicts; scale: ``(mean, std)`` of a regression target.
-      history: one dict per epoch (loss, train metric, validation metric, seconds).
+      history: one dict per learning-curve point (:func:`fit`).
       steps, seconds: training steps and wall time (compilation included).
+      best_step: with early stopping, the step whose variables were kept.
     """
 
     module: nn.Module
@@ -180,6 +215,7 @@ class Fitted:
     history: list
     steps: int
     seconds: float
+    best_step: int | None = None
 
 
 def _loss(kind: str):
@@ -252,19 +288,29 @@ def init_variables(module: nn.Module, stream: SliceStream, batch_size: int, seed
 
 
 def fit(module: nn.Module, target: Target, stream: SliceStream, settings: TrainSettings, seed: int, *,
-        validate: Callable[[Fitted], float] | None = None, label: str = "") -> Fitted:
-    """Trains ``module`` on the batches of ``stream`` for ``settings.epochs`` epochs.
+        validate: Callable[[Fitted], float] | None = None, train_metric: Callable[[Fitted], float] | None = None,
+        label: str = "") -> Fitted:
+    """Trains ``module`` on the batches of ``stream`` for the budget of ``settings``.
+
+    Every ``settings.eval_every`` steps (default one epoch) and after the last step, a
+    learning-curve point goes into ``history``: ``step``, ``epoch`` (steps over steps
+    per epoch), ``loss`` and ``train`` (the train steps' mean loss and accuracy since the
+    last point, dropout on), ``train_eval`` (``train_metric``: training samples without
+    dropout), ``val`` (``validate``) and ``seconds``.
 
     Args:
-      validate: called after every epoch with the model so far; returns a metric
-        recorded in the history (validation accuracy or error).
+      validate: the model so far -> the validation metric (accuracy, or error for
+        regression); with ``settings.patience``, training stops after that many points
+        without a better value, and the best point's variables are kept.
+      train_metric: the model so far -> the same metric on training samples.
       label: progress bar text.
     """
     samples = stream.samples
     steps_per_epoch = len(samples) // settings.batch_size
     if steps_per_epoch < 1:
         raise ConfigError(f"{len(samples)} training samples are fewer than a batch of {settings.batch_size}; use a smaller --batch-size")
-    total = steps_per_epoch * settings.epochs
+    total = settings.steps or steps_per_epoch * settings.epochs
+    every = settings.eval_every or steps_per_epoch
     rates = learning_rates(settings, total)
     optimizer, step = make_step(module, target.kind)
     scale = (0.0, 1.0)
@@ -275,11 +321,18 @@ def fit(module: nn.Module, target: Target, stream: SliceStream, settings: TrainS
     key = jax.random.key(seed + 2)
     rng = rng_for(seed, "epochs")
     fitted = Fitted(module, variables, target, scale, [], 0, 0.0)
+    better = (lambda a, b: a > b) if target.kind == "classification" else (lambda a, b: a < b)
+    best, best_variables, waited = None, None, 0
     start = time.perf_counter()
     bar = tqdm(total=total, desc=label, disable=not settings.progress, leave=False, unit="step")
-    for epoch in range(settings.epochs):
-        losses, scores, epoch_start = [], [], time.perf_counter()
-        for batch in prefetch(stream.train_epoch(rng)):
+
+    def endless():
+        while True:
+            yield from stream.train_epoch(rng)
+
+    losses, scores, since = [], [], time.perf_counter()
+    with contextlib.closing(prefetch(endless())) as batches:
+        for batch in batches:
             y = batch.y if target.kind == "classification" else ((batch.y - scale[0]) / scale[1]).astype(np.float32)
             variables, opt_state, loss, score = step(variables, opt_state, batch.x, batch.position, y,
                                                      jax.random.fold_in(key, fitted.steps), rates[fitted.steps])
@@ -287,31 +340,64 @@ def fit(module: nn.Module, target: Target, stream: SliceStream, settings: TrainS
             scores.append(score)
             fitted.steps += 1
             bar.update()
-        fitted.variables = variables
-        row = {"epoch": epoch + 1, "loss": float(np.mean(jax.device_get(losses))),
-               "train": float(np.mean(jax.device_get(scores))), "seconds": time.perf_counter() - epoch_start}
-        if validate is not None:
-            row["val"] = validate(fitted)
-        fitted.history.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", **({"val": f"{row['val']:.3f}"} if "val" in row else {}))
+            if fitted.steps % every and fitted.steps < total:
+                continue
+            fitted.variables = variables
+            row = {"step": fitted.steps, "epoch": fitted.steps / steps_per_epoch,
+                   "loss": float(np.mean(jax.device_get(losses))), "train": float(np.mean(jax.device_get(scores)))}
+            if train_metric is not None:
+                row["train_eval"] = train_metric(fitted)
+            if validate is not None:
+                row["val"] = validate(fitted)
+            row["seconds"] = time.perf_counter() - since
+            fitted.history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", **({"val": f"{row['val']:.3f}"} if "val" in row else {}))
+            losses, scores, since = [], [], time.perf_counter()
+            if settings.patience is not None and "val" in row:
+                if best is None or better(row["val"], best["val"]):
+                    best, best_variables, waited = row, jax.device_get(variables), 0
+                else:
+                    waited += 1
+            if fitted.steps >= total or waited >= (settings.patience or 1 << 62):
+                break
     bar.close()
-    fitted.variables = jax.device_get(variables)
+    fitted.variables = best_variables if best_variables is not None else jax.device_get(variables)
+    if best is not None:
+        fitted.best_step = best["step"]
     fitted.seconds = time.perf_counter() - start
     return fitted
 
 
+def normalizes_by_batch(module: nn.Module) -> bool:
+    """Whether ``module`` normalizes by the statistics of its input batch at test time (the DMC's default)."""
+    return isinstance(module, DMC) and module.test_norm == "batch"
+
+
 @functools.lru_cache(maxsize=64)
 def _forward(module: nn.Module, kind: str, each_slice: bool) -> Callable:
-    """The jitted evaluation function ``(variables, x, position) -> [b, s or 1, (classes)]`` of a model."""
+    """The jitted evaluation function ``(variables, x, position) -> [b, s or 1, (classes)]`` of a model.
+
+    A model that normalizes by batch statistics at test time (:func:`normalizes_by_batch`)
+    sees, with ``each_slice`` and several slices per sample, the ``s`` slices of one
+    sample as one batch (the reference's 64 slices of one network); otherwise the
+    whole input batch as one batch. Its updated running averages are dropped.
+    """
+    by_batch = normalizes_by_batch(module)
+
+    def apply(variables, x, position):
+        if by_batch:
+            return module.apply(variables, x, position, mutable=["batch_stats"])[0]
+        return module.apply(variables, x, position)
 
     @jax.jit
     def forward(variables, x, position):
         b, s, length = x.shape
-        if each_slice:
-            out = module.apply(variables, x.reshape(b * s, 1, length), position.reshape(b * s, 1))
-            out = out.reshape(b, s, -1)
+        if each_slice and by_batch and s > 1:
+            out = jax.vmap(lambda xs, ps: apply(variables, xs[:, None], ps[:, None]))(x, position)
+        elif each_slice:
+            out = apply(variables, x.reshape(b * s, 1, length), position.reshape(b * s, 1)).reshape(b, s, -1)
         else:
-            out = module.apply(variables, x, position)[:, None]
+            out = apply(variables, x, position)[:, None]
         return jax.nn.softmax(out, -1) if kind == "classification" else out[..., 0]
 
     return forward
@@ -349,11 +435,13 @@ def predict(fitted: Fitted, stream: SliceStream, starts: Callable[[np.ndarray], 
 
 
 def eval_stream(zoo: Zoo, reader: WeightReader, samples: Samples, spec: SliceSpec, settings: TrainSettings,
-                count: int | None = None, model: str = "dmc") -> SliceStream:
+                count: int | None = None, model: str = "dmc", batch_size: int | None = None) -> SliceStream:
     """A stream for evaluation with ``count`` slices per sample (default: the spec's),
-    ``settings.eval_slices`` slices (or networks, for ``units``) per batch."""
+    ``settings.eval_slices`` slices (or networks, for ``units``) per batch, or
+    ``batch_size`` samples per batch (for a model that normalizes by the test batch:
+    the training batch size, as the reference tested)."""
     spec = dataclasses.replace(spec, count=count or spec.count)
-    batch = max(1, settings.eval_slices // spec.count)
+    batch = batch_size or max(1, settings.eval_slices // spec.count)
     return make_stream(model, zoo, reader, samples, spec, batch_size=batch, buffer_bytes=settings.buffer_bytes)
 
 
@@ -435,6 +523,22 @@ def stats_outputs(model, target: Target, features: np.ndarray) -> np.ndarray:
 def _per_network(values: np.ndarray, members: np.ndarray) -> np.ndarray:
     ids, inverse = np.unique(members, return_inverse=True)
     return np.bincount(inverse, values) / np.bincount(inverse)
+
+
+def slice_metrics(target: Target, outputs: np.ndarray, samples: Samples) -> dict:
+    """The reference's 64-slice number from per-slice outputs ``[n, slices, (classes)]``
+    (:func:`predict` with ``per_slice``): the fraction of a sample's slices classified
+    correctly, averaged per network and then over networks, not a vote (regression: the
+    mean error of single slices). Returns ``accuracy`` (or ``mae``) with ``ci95`` and
+    ``sample_accuracy`` (or ``sample_mae``)."""
+    if target.kind == "classification":
+        values = (outputs.argmax(-1) == samples.y[:, None]).mean(1)
+        name = "accuracy"
+    else:
+        values = np.abs(outputs - samples.y[:, None]).mean(1)
+        name = "mae"
+    value, ci = _mean_ci(_per_network(values.astype(np.float64), samples.member))
+    return {name: value, "ci95": ci, f"sample_{name}": float(values.mean())}
 
 
 def _mean_ci(values: np.ndarray) -> tuple[float, float]:
