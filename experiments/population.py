@@ -110,6 +110,11 @@ def parse_args(argv):
     p.add_argument("--strategy", help="execution strategy: auto, map, vmap, chunkedN, with +xla or +im2col")
     p.add_argument("--max-slots", type=int, help="most members of one cohort trained at once (default 256)")
     p.add_argument(
+        "--pad-architectures", choices=("auto", "all", "none"),
+        help="members of different architectures share padded programs: auto (a cost model weighs compile "
+        "time against padded FLOPs; default), all (one program per batch size), none (one per architecture)",
+    )
+    p.add_argument(
         "--devices",
         type=int,
         help="devices to shard each cohort over; on CPU, N virtual devices are made "

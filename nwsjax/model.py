@@ -7,7 +7,9 @@ Network (reference, "Architecture family"), input ``[batch, 32, 32, 3]``:
   a conv layer is conv + bias (stride 1, "same"), batch norm, activation;
 * ``depth_fc`` dense layers of width ``width_fc * 2**-i``: dense + bias, activation,
   batch norm, dropout 0.5;
-* an output dense layer of ``num_classes`` logits.
+* an output dense layer of ``num_classes`` logits: :data:`OUTPUT_UNITS` (20) for every
+  dataset of up to 20 classes, as the reference trained it (labels use the first units;
+  the softmax runs over all of them).
 
 Activation and initialization are call arguments, not module fields, so one compiled
 program serves members that differ in them: pass a Python ``int`` (an index into
@@ -35,9 +37,11 @@ __all__ = [
     "Architecture",
     "NWSNet",
     "MemberShape",
+    "OUTPUT_UNITS",
     "activate",
 ]
 
+OUTPUT_UNITS = 20  # the reference's output layer, whatever the dataset's classes
 BATCH_NORM_MOMENTUM = 0.99  # TF1 tf.layers.batch_normalization defaults
 BATCH_NORM_EPSILON = 1e-3
 DROPOUT_RATE = 0.5
@@ -56,7 +60,12 @@ _BLOCK_DEPTHS = {3: (1, 1, 1), 4: (1, 1, 2), 5: (1, 2, 2)}
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """The static shape of one NWS network: everything that changes its parameter shapes."""
+    """The static shape of one NWS network: everything that changes its parameter shapes.
+
+    ``num_classes`` is the width of the output layer: :data:`OUTPUT_UNITS` for the
+    reference's networks (:meth:`of`), more only for a dataset of more classes; a
+    public zoo's networks may have another width (e.g. 10).
+    """
 
     filter_size: int = 5
     depth_conv: int = 3
@@ -64,11 +73,12 @@ class Architecture:
     width_conv: int = 8
     width_fc: int = 128
     batch_norm: bool = True
-    num_classes: int = 10
+    num_classes: int = OUTPUT_UNITS
 
     @classmethod
     def of(cls, member: MemberConfig, num_classes: int) -> Architecture:
-        """The architecture of ``member`` with an output layer of ``num_classes`` (its dataset's classes)."""
+        """The architecture of ``member`` for a dataset of ``num_classes`` classes: an output layer of
+        ``max(OUTPUT_UNITS, num_classes)`` units, as the reference trained every dataset."""
         return cls(
             member.filter_size,
             member.depth_conv,
@@ -76,7 +86,7 @@ class Architecture:
             member.width_conv,
             member.width_fc,
             member.batch_norm == "on",
-            num_classes,
+            max(OUTPUT_UNITS, num_classes),
         )
 
     @property
@@ -420,7 +430,7 @@ class NWSNet(nn.Module):
                 rows = _below(x.shape[-1], dims.width_fc >> (i - 1)) if shape is not None else None
             masks = None
             if shape is not None:
-                units = _below(width, member_out)
+                units = _below(width, member_out) & (i < shape.depth_fc)  # no unit of a layer it lacks
                 masks = ((rows[:, None] & units).astype(jnp.float32), units.astype(jnp.float32))
             x = Dense(width, name=f"fc{i}")(x, kernel_init(init.fc_role(i), family, cut, fans, masks), masks)
             x = activate(x, activation)

@@ -34,13 +34,15 @@ import numpy as np
 from nwsjax import optim, step
 from nwsjax.data import Dataset
 from nwsjax.errors import ConfigError
-from nwsjax.model import Architecture, NWSNet
+from nwsjax.model import Architecture, MemberShape, NWSNet
+from nwsjax.padding import crop
+from nwsjax.programs import POLICIES, CostModel, Program, part_label, plan_programs, train_flops
 from nwsjax.space import MemberConfig, option_index
 from nwsjax.stopping import StoppingConfig, stop_reason
 from nwsjax.strategy import Strategy, default_strategy, map_members
 from nwsjax.zoo import Spill, ZooWriter
 
-__all__ = ["TrainConfig", "PopulationReport", "train_population", "cohort_key", "group_cohorts"]
+__all__ = ["TrainConfig", "PopulationReport", "train_population", "plan_population"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,9 @@ class TrainConfig:
         members at once, refilling slots as members finish, instead of failing.
       compact: ``vmap`` cohorts move their members to a narrower program (one compile)
         when no member is pending and at most half the slots are busy.
+      pad_architectures: ``"auto"``, ``"all"`` or ``"none"``: which members of different
+        architectures share a padded program (:mod:`nwsjax.programs`).
+      cost: the cost model ``"auto"`` plans with (None: the backend's).
     """
 
     stopping: StoppingConfig = StoppingConfig()
@@ -70,8 +75,12 @@ class TrainConfig:
     devices: int = 1
     memory_budget: float | None = None
     compact: bool = True
+    pad_architectures: str = "auto"
+    cost: CostModel | None = None
 
     def __post_init__(self):
+        if self.pad_architectures not in POLICIES:
+            raise ConfigError(f"pad_architectures={self.pad_architectures!r}: choose one of {', '.join(POLICIES)}")
         if self.snapshots < 1:
             raise ConfigError(f"snapshots={self.snapshots}: need at least 1")
         if self.max_slots < 1:
@@ -106,10 +115,18 @@ class PopulationReport:
     images: int  # training images processed by members
     members: int
     strategy: str
+    programs: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # program -> zoo parts it trained
+    useful_flops: float = 0.0  # training FLOPs of the members' own architectures
+    computed_flops: float = 0.0  # training FLOPs the programs computed (padding and idle slots included)
 
     @property
     def utilization(self) -> float:
         return self.member_steps / max(self.slot_steps, 1)
+
+    @property
+    def useful_flop_fraction(self) -> float:
+        """Of the FLOPs computed, the fraction that were members' own (not padding, not idle slots)."""
+        return self.useful_flops / self.computed_flops if self.computed_flops else 1.0
 
     def add_cohort(self, label: str, cohort: _Cohort) -> None:
         """Adds what one trained cohort measured."""
@@ -120,36 +137,20 @@ class PopulationReport:
         self.member_steps += cohort.member_steps
         self.slot_steps += cohort.slot_steps
         self.images += cohort.images
+        self.useful_flops += cohort.useful_flops
+        self.computed_flops += cohort.computed_flops
 
     def record(self) -> dict:
         """What zoo.json keeps of the run: every field plus the utilization."""
-        return dict(dataclasses.asdict(self), utilization=self.utilization)
+        return dict(dataclasses.asdict(self), utilization=self.utilization,
+                    useful_flop_fraction=self.useful_flop_fraction)
 
     @property
     def steps_per_second(self) -> float:
         return self.member_steps / max(self.seconds, 1e-9)
 
 
-def cohort_key(member: MemberConfig, num_classes: int) -> tuple:
-    """Members with equal keys share every static shape and train in one program.
-
-    ``num_classes``: classes of the member's dataset (the width of its output layer).
-    """
-    return (*member.architecture, member.batch_norm, member.batch_size, num_classes)
-
-
-def group_cohorts(members: Sequence[MemberConfig], num_classes: Mapping[str, int]) -> dict[tuple, list[int]]:
-    """Member ids by cohort key, in member order (``num_classes``: per dataset name)."""
-    cohorts: dict[tuple, list[int]] = {}
-    for i, member in enumerate(members):
-        cohorts.setdefault(cohort_key(member, num_classes[member.dataset]), []).append(i)
-    return cohorts
-
-
-def cohort_label(member: MemberConfig, num_classes: int) -> str:
-    """The cohort's folder name in the zoo, e.g. ``f5-c3-d2-w8-u128-b64`` (``-k20`` for 20 classes)."""
-    classes = "" if num_classes == 10 else f"-k{num_classes}"
-    return f"{Architecture.of(member, num_classes).label()}-b{member.batch_size}{classes}"
+cohort_label = part_label  # a member's zoo part: its own architecture, batch size and classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,8 +184,8 @@ def place_datasets(datasets: Mapping[str, Dataset]) -> tuple[step.DeviceData, di
     return data, placements
 
 
-def knobs_of(member: MemberConfig) -> step.Knobs:
-    """The member's dynamic hyper-parameters (learning rate of epoch 0)."""
+def knobs_of(member: MemberConfig, shape: MemberShape | None = None) -> step.Knobs:
+    """The member's dynamic hyper-parameters (learning rate of epoch 0); ``shape`` in a padded program."""
     return step.Knobs(
         seed=np.int32(member.seed),
         optimizer=np.int32(option_index("optimizer", member.optimizer)),
@@ -192,6 +193,7 @@ def knobs_of(member: MemberConfig) -> step.Knobs:
         initialization=np.int32(option_index("initialization", member.initialization)),
         augmentation=np.bool_(member.augmentation == "on"),
         lrate=np.float32(optim.epoch_lrate(member.lrate, 0)),
+        shape=shape,
     )
 
 
@@ -222,6 +224,8 @@ class _Slot:
 
     member: int
     config: MemberConfig
+    arch: Architecture  # the member's own (a padded program computes a larger one)
+    part: str  # the zoo part it is stored in
     placement: _Placement
     steps_per_epoch: int
     spill: Spill
@@ -238,9 +242,12 @@ class _Slot:
 class _Cohort:
     """Trains the members of one cohort, refilling slots as members finish."""
 
-    def __init__(self, label, member_ids, members, data, placements, config, strategy, writer, progress, width,
-                 num_classes, whole):
-        self.label = label
+    def __init__(self, program: Program, member_ids, members, data, placements, config, strategy, writer, progress,
+                 width, classes):
+        self.label = program.label
+        self.program = program
+        self.classes = classes
+        whole = program.members
         self.pending = list(member_ids)
         self.members = members
         self.data = data
@@ -249,10 +256,9 @@ class _Cohort:
         self.strategy = strategy
         self.writer = writer
         self.progress = progress
-        first = members[member_ids[0]]
-        self.arch = Architecture.of(first, num_classes)
-        self.batch_size = first.batch_size
-        self.model = NWSNet(self.arch, conv_impl=strategy.conv)
+        self.arch = program.arch
+        self.batch_size = members[member_ids[0]].batch_size
+        self.model = NWSNet(self.arch, conv_impl=strategy.conv, padded=program.padded)
         width = min(width, config.max_slots)  # the whole cohort's: a resumed rest trains in the same program
         # Whole slots per device, and for looped strategies at least 2: with one, XLA drops
         # the trip-count-1 member loop and fuses the step differently (float32-apart
@@ -276,6 +282,8 @@ class _Cohort:
         self.member_steps = 0
         self.slot_steps = 0
         self.images = 0
+        self.useful_flops = 0.0  # training FLOPs of the members' own architectures
+        self.computed_flops = 0.0  # training FLOPs computed by the program
 
     # -- compiled programs ---------------------------------------------------------
     def _build(self, knobs):
@@ -388,7 +396,13 @@ class _Cohort:
                 f"member {member_id}: dataset {member.dataset} has {placement.train[1]} training "
                 f"images, fewer than batch_size={member.batch_size}; use a smaller batch size"
             )
-        return _Slot(member_id, member, placement, steps_per_epoch, self.writer.spill(member_id))
+        classes = self.classes[member.dataset]
+        arch = Architecture.of(member, classes)
+        return _Slot(member_id, member, arch, part_label(member, classes), placement, steps_per_epoch,
+                     self.writer.spill(member_id))
+
+    def _knobs(self, slot: _Slot) -> step.Knobs:
+        return knobs_of(slot.config, MemberShape.of(slot.arch) if self.program.padded else None)
 
     def _plan(self, slot: _Slot) -> np.ndarray:
         order = step.epoch_order(
@@ -399,14 +413,18 @@ class _Cohort:
         return plan
 
     def _export(self, slot: _Slot, tree) -> None:
+        """Appends the member's weights and statistics, at its own architecture, to its spill file."""
         self.writer.fault("export")
+        if self.program.padded:
+            tree = jax.tree.map(lambda collection: crop(collection, self.arch, slot.arch), tree,
+                                is_leaf=lambda x: isinstance(x, dict))
         slot.spill.append(tree)
 
     def _finish(self, slot: _Slot, status: str, reason: str, final_tree) -> None:
         if status == "diverged":
             self._export(slot, final_tree)  # the last finite weights close the record
         self.writer.finish_member(
-            slot.member, slot.config.to_dict(), cohort=self.label, arch=self.arch, spill=slot.spill,
+            slot.member, slot.config.to_dict(), cohort=slot.part, arch=slot.arch, spill=slot.spill,
             curves=slot.curves, epochs=slot.epoch, steps=slot.steps, status=status, reason=reason,
             snapshots=self.config.snapshots,
         )
@@ -417,8 +435,7 @@ class _Cohort:
         slots: list[_Slot | None] = [
             self._start(self.pending.pop(0)) if self.pending else None for _ in range(self.n_slots)
         ]
-        first = slots[0].config
-        knobs = _stack([knobs_of(s.config if s else first) for s in slots])
+        knobs = _stack([self._knobs(s or slots[0]) for s in slots])
         return slots, knobs, self._build(knobs)
 
     def run(self) -> None:
@@ -454,7 +471,9 @@ class _Cohort:
                 active,
             )
             out = jax.device_get(out)
-            self.slot_steps += n_steps * (len(slots) if self.strategy.batching != "map" else int(active.sum()))
+            computed = n_steps * (len(slots) if self.strategy.batching != "map" else int(active.sum()))
+            self.slot_steps += computed
+            self.computed_flops += computed * train_flops(self.arch, self.batch_size)
             ended = np.zeros(len(slots), bool)
             diverged = []
             for i, slot in enumerate(slots):
@@ -467,6 +486,7 @@ class _Cohort:
                 slot.correct_sum += float(out.correct_sum[i])
                 self.member_steps += done
                 self.images += done * self.batch_size
+                self.useful_flops += done * train_flops(slot.arch, self.batch_size)
                 if not bool(out.healthy[i]):
                     diverged.append(i)
                 elif slot.position == slot.steps_per_epoch:
@@ -491,7 +511,7 @@ class _Cohort:
                 slots[i] = None
                 if self.pending:
                     slots[i] = self._start(self.pending.pop(0))
-                    knobs = _replace(knobs, i, knobs_of(slots[i].config))
+                    knobs = _replace(knobs, i, self._knobs(slots[i]))
                     plans[i] = self._plan(slots[i])
                     ranges[i] = [*slots[i].placement.val, *slots[i].placement.test]
                     refill[i] = True
@@ -591,7 +611,7 @@ def _snapshot_shapes(member: MemberConfig, num_classes: int, snapshots: int):
 
 
 def _replace(knobs: step.Knobs, index: int, new: step.Knobs) -> step.Knobs:
-    for stacked, value in zip(knobs, new):
+    for stacked, value in zip(jax.tree.leaves(knobs), jax.tree.leaves(new)):
         stacked[index] = value
     return knobs
 
@@ -631,13 +651,12 @@ def train_population(
     strategy = config.strategy or default_strategy()
     data, placements = place_datasets(datasets)
     classes = {name: dataset.num_classes for name, dataset in datasets.items()}
-    everyone = group_cohorts(members, classes)
+    programs = plan_population(members, {name: p.train[1] for name, p in placements.items()}, classes, config)
     mine = set(range(len(members)) if assigned is None else assigned)
-    groups = {key: [i for i in ids if i in mine] for key, ids in everyone.items()}
     start = time.perf_counter()
-    report = PopulationReport(0.0, {}, {}, {}, {}, 0, 0, 0, sum(map(len, groups.values())), strategy.name)
-    counters = {"members": report.members, "finished": 0, "cohorts": len(groups), "cohort": 0}
-    resumed = sum(i in writer.committed for ids in groups.values() for i in ids)
+    report = PopulationReport(0.0, {}, {}, {}, {}, 0, 0, 0, len(mine), strategy.name)
+    counters = {"members": report.members, "finished": 0, "cohorts": len(programs), "cohort": 0}
+    resumed = len(mine & set(writer.committed))
 
     def progress(cohort: _Cohort, slots) -> None:
         counters.update(
@@ -650,20 +669,41 @@ def train_population(
         if on_progress:
             on_progress(counters)
 
-    # Every process goes through every cohort in one order: flushing is collective.
-    for number, key in enumerate(sorted(everyone, key=lambda k: (-len(everyone[k]), k))):
-        ids = [i for i in groups[key] if i not in writer.committed]
+    # Every process goes through every program and part in one order: flushing is collective.
+    for number, program in enumerate(programs):
         counters["cohort"] = number + 1
-        first = members[everyone[key][0]]
-        label = cohort_label(first, classes[first.dataset])
-        if not ids:
-            writer.flush_cohort(label, like=_snapshot_shapes(first, classes[first.dataset], config.snapshots))
-            continue
-        cohort = _Cohort(label, ids, members, data, placements, config, strategy, writer, progress,
-                         len(groups[key]), classes[first.dataset], everyone[key])
-        cohort.run()
-        writer.flush_cohort(label)
-        report.add_cohort(label, cohort)
+        share = [i for i in program.members if i in mine]
+        ids = [i for i in share if i not in writer.committed]
+        parts = _parts(program, members, classes)
+        report.programs[program.label] = sorted(parts)
+        if ids:
+            cohort = _Cohort(program, ids, members, data, placements, config, strategy, writer, progress,
+                             len(share), classes)
+            cohort.run()
+            report.add_cohort(program.label, cohort)
+        for label in sorted(parts):
+            first = members[parts[label]]
+            like = _snapshot_shapes(first, classes[first.dataset], config.snapshots) if writer.processes > 1 else None
+            writer.flush_cohort(label, like=like)
     writer.wait()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def plan_population(members: Sequence[MemberConfig], train_sizes: Mapping[str, int],
+                    classes: Mapping[str, int], config: TrainConfig) -> list[Program]:
+    """The programs of a run (:func:`nwsjax.programs.plan_programs`), each member weighted by its most steps.
+
+    ``train_sizes`` and ``classes``: training images and classes per dataset name.
+    """
+    steps = [config.stopping.max_epochs * (train_sizes[m.dataset] // m.batch_size) for m in members]
+    cost = config.cost or CostModel.for_backend(jax.default_backend())
+    return plan_programs(members, classes, steps, config.pad_architectures, cost=cost, devices=config.devices)
+
+
+def _parts(program: Program, members: Sequence[MemberConfig], classes: Mapping[str, int]) -> dict[str, int]:
+    """The zoo parts a program's members are stored in: label -> its first member."""
+    parts: dict[str, int] = {}
+    for i in program.members:
+        parts.setdefault(part_label(members[i], classes[members[i].dataset]), i)
+    return parts

@@ -21,7 +21,7 @@ import pandas as pd
 
 from nwsjax.data import Dataset, load_dataset, resolve_dataset, subset
 from nwsjax.errors import ConfigError, DiskFullError
-from nwsjax.population import PopulationReport, TrainConfig, check_devices, group_cohorts, train_population
+from nwsjax.population import PopulationReport, TrainConfig, check_devices, plan_population, train_population
 from nwsjax.space import MAX_MEMBERS, MemberConfig, parse_pins, sample_members
 from nwsjax.stopping import StoppingConfig
 from nwsjax.strategy import default_strategy, parse_strategy
@@ -57,6 +57,8 @@ class RunConfig:
       max_images: cap every dataset split at this many images (None: full data).
       strategy: execution strategy name (``"auto"``, ``"map"``, ``"vmap+im2col"``, ...).
       max_slots: most members of one cohort on the device at once.
+      pad_architectures: ``"auto"``, ``"all"`` or ``"none"``: which architectures share a
+        padded program (:mod:`nwsjax.programs`).
       devices: devices to shard each cohort's members over.
       cache_dir: prepared-dataset cache (None: ``$NWSJAX_CACHE`` or ~/.cache/nwsjax).
       overwrite: replace an existing zoo in ``out``.
@@ -76,6 +78,7 @@ class RunConfig:
     max_images: int | None = None
     strategy: str = "auto"
     max_slots: int = 256
+    pad_architectures: str = "auto"
     devices: int = 1
     cache_dir: str | None = None
     overwrite: bool = False
@@ -138,6 +141,7 @@ def prepare_run(config: RunConfig, *, progress: bool = False) -> PreparedRun:
         max_slots=config.max_slots,
         strategy=strategy,
         devices=config.devices,
+        pad_architectures=config.pad_architectures,
     )
     check_devices(train.devices)
     _check_out(config)
@@ -184,8 +188,7 @@ def disk_estimate(prepared: PreparedRun) -> dict[str, float]:
     sizes = []
     for member in prepared.members:
         arch = Architecture.of(member, prepared.datasets[member.dataset].num_classes)
-        bn = 2 * (sum(sum(block) for block in arch.conv_channels) + sum(arch.fc_widths)) if arch.batch_norm else 0
-        sizes.append(4 * (count_weights(arch)["total"] + bn))
+        sizes.append(4 * count_weights(arch, moving_stats=True)["total"])  # parameters and moving statistics
     k = prepared.train.snapshots
     in_flight = min(len(sizes), prepared.train.max_slots * max(1, prepared.train.devices))
     largest = sorted(sizes)[-in_flight:]
@@ -325,12 +328,14 @@ def _disk_full_message(prepared: PreparedRun) -> str:
 def assign_members(prepared: PreparedRun, process: int, processes: int) -> list[int]:
     """The member ids process ``process`` of ``processes`` trains.
 
-    Every cohort is dealt round-robin, so each process gets an equal share of each
-    static shape (and no cohort is compiled by one process only). Returns sorted ids.
+    The members of every program are dealt round-robin, so each process gets an equal
+    share of each program (and no program is compiled by one process only). Returns
+    sorted ids.
     """
     classes = {name: dataset.num_classes for name, dataset in prepared.datasets.items()}
-    cohorts = group_cohorts(prepared.members, classes)
-    return sorted(i for ids in cohorts.values() for i in ids[process::processes])
+    sizes = {name: len(dataset.train_labels) for name, dataset in prepared.datasets.items()}
+    programs = plan_population(prepared.members, sizes, classes, prepared.train)
+    return sorted(i for program in programs for i in program.members[process::processes])
 
 
 def _barrier(name: str) -> None:
@@ -414,12 +419,15 @@ def summary_table(members: pd.DataFrame, report: PopulationReport) -> str:
             f"{name:<16}{len(group):>8}{diverged:>9}" + "".join(f"{v:>8.3f}" for v in q)
         )
     compile_s = sum(report.compile_seconds.values())
+    padded = sum(label.startswith("pad-") for label in report.programs)
     lines += [
         "",
         f"test accuracy: median {np.nanmedian(members.test_acc):.3f} over {len(members)} members "
         f"(chance 0.100)",
-        f"time {report.seconds:.1f} s (compile {compile_s:.1f} s over {len(report.compile_seconds)} cohorts), "
+        f"time {report.seconds:.1f} s (compile {compile_s:.1f} s over {len(report.compile_seconds)} programs), "
         f"strategy {report.strategy}",
+        f"{len(report.programs)} programs ({padded} padded) for {len({p for v in report.programs.values() for p in v})} "
+        f"architectures x batch sizes; {100 * report.useful_flop_fraction:.1f}% of computed FLOPs useful",
         f"throughput {report.steps_per_second:.1f} model-steps/s, "
         f"{report.images / max(report.seconds, 1e-9):.0f} images/s, "
         f"utilization {100 * report.utilization:.1f}% of member-steps useful",

@@ -6,8 +6,9 @@ single-model reference path (:mod:`nwsjax.reference`) calls the same model, data
 order, random keys and augmentation without any mapping.
 
 Per-member values that vary inside one compiled program (optimizer, activation,
-augmentation, seed, learning rate) are passed as :class:`Knobs`, a pytree of
-scalars: Python ints for one model, int32/float32 arrays in a cohort.
+augmentation, seed, learning rate, and in a padded program the member's own
+architecture) are passed as :class:`Knobs`, a pytree of scalars: Python ints for one
+model, int32/float32 arrays in a cohort.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ class Knobs(NamedTuple):
     seed: Any  # int32: the member's seed (all its random streams derive from it)
     optimizer: Any  # int32: index into optim.OPTIMIZERS
     activation: Any  # int32: index into model.ACTIVATIONS
-    initialization: Any  # int32: index into model.INITIALIZATIONS
+    initialization: Any  # int32: index into model.INITIALIZATIONS (nwsjax.initialization)
     augmentation: Any  # bool
     lrate: Any  # float32: the current epoch's learning rate
+    shape: Any = None  # model.MemberShape in a padded program (nwsjax.padding), else None
 
 
 class MemberState(NamedTuple):
@@ -101,6 +103,7 @@ def init_member(model: NWSNet, knobs: Knobs) -> MemberState:
         activation=knobs.activation,
         initialization=knobs.initialization,
         train=False,
+        shape=knobs.shape,
     )
     params = variables["params"]
     return MemberState(params, variables.get("batch_stats", {}), optim.init(params))
@@ -125,6 +128,7 @@ def loss_and_updates(model: NWSNet, state: MemberState, knobs: Knobs, images, la
             images,
             activation=knobs.activation,
             train=True,
+            shape=knobs.shape,
             mutable=["batch_stats"],
             rngs={"dropout": dropout_key},
         )
@@ -227,6 +231,7 @@ def evaluate(model, state, knobs, data, start, count, chunk: int, n_chunks: int,
             images,
             activation=knobs.activation,
             train=False,
+            shape=knobs.shape,
         )
         hits = (jnp.argmax(logits, -1) == labels) & valid
         return total + jnp.sum(hits).astype(jnp.float32)
