@@ -21,7 +21,9 @@ Layout of a zoo folder (format ``nwsjax-zoo``, version 1)::
                         initialization, snapshot K its final weights
 
 Flattening a member in the NWS order needs only its architecture, which the members
-table holds (:func:`nwsjax.layout.layout`).
+table holds (:func:`nwsjax.layout.layout`); its vector holds the moving statistics (the
+released layout) when its ``weightn_conv`` counts them, as every zoo written since
+they were added does.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from nwsjax.errors import ZooError
-from nwsjax.layout import Segment, count_weights, flatten, layout
+from nwsjax.layout import Segment, count_weights, flatten, layout, moving_stats_of
 from nwsjax.model import Architecture
 from nwsjax.space import PROPERTY_NAMES
 
@@ -706,6 +708,7 @@ class Zoo:
         self._read_cache_bytes = int(read_cache_bytes)
         self._reader: _PartReader | None = None
         self._architectures: dict[int, Architecture] = {}
+        self._moving_stats: dict[int, bool] = {}
 
     def __repr__(self) -> str:
         return f"Zoo({str(self.path)!r}, members={len(self.members)}, snapshots={self.num_snapshots})"
@@ -729,9 +732,22 @@ class Zoo:
             )
         return self._architectures[member]
 
+    def moving_stats(self, member: int) -> bool:
+        """Whether ``member``'s flat vector holds the batch-norm moving statistics: its
+        ``weightn_conv + weightn_fc`` says (zoos written before they were added have none)."""
+        member = int(member)
+        if member not in self._moving_stats:
+            row = self.members.loc[member]
+            n_weights = int(row.weightn_conv) + int(row.weightn_fc)
+            try:
+                self._moving_stats[member] = moving_stats_of(self.architecture(member), n_weights)
+            except ValueError as err:
+                raise ZooError(f"member {member}: {err}; the members table is corrupt, retrain it") from None
+        return self._moving_stats[member]
+
     def layout(self, member: int) -> list[Segment]:
-        """Where each parameter array of ``member`` sits in its flat NWS vector."""
-        return layout(self.architecture(member))
+        """Where each array of ``member`` sits in its flat NWS vector."""
+        return layout(self.architecture(member), self.moving_stats(member))
 
     def storage_parts(self, ids: Sequence[int]) -> np.ndarray:
         """The Orbax part (``snapshots/<cohort>/part-NNNNN``) of each member, object ``[len(ids)]``."""
@@ -768,11 +784,11 @@ class Zoo:
         directory = (self.path / part).absolute()
         return {c: self._reader.read(directory, rows, snapshot, c, self.num_snapshots) for c in collections}
 
-    def _groups(self, ids: list[int]) -> dict[tuple[str, Architecture], list[int]]:
-        """Positions in ``ids`` by (part, architecture): what one :meth:`read_rows` call reads."""
-        groups: dict[tuple[str, Architecture], list[int]] = {}
+    def _groups(self, ids: list[int]) -> dict[tuple[str, Architecture, bool], list[int]]:
+        """Positions in ``ids`` by (part, architecture, moving statistics): what one :meth:`read_rows` reads."""
+        groups: dict[tuple[str, Architecture, bool], list[int]] = {}
         for i, (member, part) in enumerate(zip(ids, self.storage_parts(ids))):
-            groups.setdefault((part, self.architecture(member)), []).append(i)
+            groups.setdefault((part, self.architecture(member), self.moving_stats(member)), []).append(i)
         return groups
 
     def _gather(self, ids: list[int], snapshot: int, collection: str):
@@ -782,7 +798,7 @@ class Zoo:
         one_architecture(self, ids)
         rows = self.members["row"].reindex(ids).to_numpy(np.int64)
         pieces, order = [], []
-        for (part, _), positions in self._groups(ids).items():
+        for (part, *_), positions in self._groups(ids).items():
             pieces.append(self.read_rows(part, rows[positions], snapshot, (collection,))[collection])
             order += positions
         tree = pieces[0] if len(pieces) == 1 else jax.tree.map(lambda *xs: np.concatenate(xs), *pieces)
@@ -807,7 +823,8 @@ class Zoo:
         return self._gather(check_ids(self.members, ids), check_snapshot(snapshot, self.num_snapshots), "batch_stats")
 
     def flat(self, ids, snapshot: int | None = None) -> np.ndarray | list[np.ndarray]:
-        """Flattened weight vectors of ``ids`` in NWS order at ``snapshot`` (default K).
+        """Flattened weight vectors of ``ids`` in NWS order at ``snapshot`` (default K), with
+        the moving statistics where the members table counts them (:meth:`layout`).
 
         Returns:
           float32 ``[len(ids), n_weights]`` when the members share a length, else a
@@ -818,8 +835,10 @@ class Zoo:
         rows = self.members["row"].reindex(ids).to_numpy(np.int64)
         groups = self._groups(ids)
         vectors: list = [None] * len(ids)
-        for (part, arch), positions in groups.items():
-            flat = flatten(self.read_rows(part, rows[positions], snapshot, ("params",))["params"], arch)
+        for (part, arch, moving_stats), positions in groups.items():
+            collections = COLLECTIONS if moving_stats else ("params",)
+            trees = self.read_rows(part, rows[positions], snapshot, collections)
+            flat = flatten(trees["params"], arch, trees.get("batch_stats"))
             if len(groups) == 1:
                 return flat
             for i, vector in zip(positions, flat):

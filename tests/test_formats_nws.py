@@ -30,35 +30,44 @@ LAYERS = [
 ]
 
 
-def reference_tree(rng: np.random.Generator, classes: int) -> dict:
-    """A random params tree of f3-c3-d2-w4-u64 with ``classes`` outputs."""
-    tree = {}
+BN = ("bias", "scale", "mean", "var")  # beta, gamma, moving mean, moving variance: the reference's order
+
+
+def reference_tree(rng: np.random.Generator, classes: int, marked: bool = False) -> dict:
+    """A random tree of f3-c3-d2-w4-u64 with ``classes`` outputs: per layer kernel and bias, per
+    batch-norm layer beta, gamma, moving mean and variance (Flax names). ``marked``: every
+    array holds one value instead, its number in build order (0, 1, 2, ...)."""
+    tree, number = {}, iter(range(1000))
     for name, shape in [*LAYERS, ("out", (32, classes))]:
-        if isinstance(shape, tuple):
-            tree[name] = {"kernel": rng.normal(size=shape), "bias": rng.normal(size=shape[-1])}
-        else:
-            tree[name] = {"scale": rng.normal(size=shape), "bias": rng.normal(size=shape)}
+        sizes = {"kernel": shape, "bias": shape[-1]} if isinstance(shape, tuple) else dict.fromkeys(BN, shape)
+        tree[name] = {
+            key: np.full(size, float(next(number))) if marked else rng.normal(size=size) for key, size in sizes.items()
+        }
     return tree
 
 
-def reference_flatten(tree: dict) -> tuple[np.ndarray, int]:
-    """The reference's flattening order, written independently of nwsjax.model.
+def reference_flatten(tree: dict, moving_stats: bool = True) -> tuple[np.ndarray, int, list]:
+    """The reference's flattening order, written independently of nwsjax.
 
     Layer by layer: kernel grouped by output unit (for each output channel, each input
     channel, the k x k taps row by row; for a dense layer each unit's incoming weights),
-    then bias, then batch-norm scale and offset. Returns the vector and the conv length.
+    then bias, then batch-norm beta, gamma, and (``moving_stats``: the released vectors)
+    moving mean and variance. Returns the vector, the conv length and the arrays'
+    ``((layer, name), size)`` in order.
     """
-    pieces, n_conv = [], 0
+    pieces, names, n_conv = [], [], 0
     for name, layer in tree.items():
         if "kernel" in layer:
             kernel = layer["kernel"]
             unit_major = kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
-            pieces += [unit_major.ravel(), layer["bias"]]
+            arrays = {"kernel": unit_major.ravel(), "bias": layer["bias"]}
         else:
-            pieces += [layer["scale"], layer["bias"]]
+            arrays = {key: layer[key] for key in (BN if moving_stats else BN[:2])}
+        pieces += list(arrays.values())
+        names += [((name, key), len(array)) for key, array in arrays.items()]
         if name.startswith("conv"):
             n_conv = sum(len(p) for p in pieces)
-    return np.concatenate(pieces), n_conv
+    return np.concatenate(pieces), n_conv, names
 
 
 ROWS = [  # the CSV rows of the three networks, as the released lists store them
@@ -72,8 +81,11 @@ ROWS = [  # the CSV rows of the three networks, as the released lists store them
 ARCH = dict(filter_size=3, depth_conv=3, depth_fc=2, width_conv=4, width_fc=64)
 
 
-def write_nws(root: pathlib.Path, classes: int = 20, n_exports: int = 7) -> dict:
-    """Writes networks 0, 1 (train.csv, relative paths) and 2 (test.csv, absolute path).
+def write_nws(
+    root: pathlib.Path, classes: int = 20, n_exports: int = 7, moving_stats: bool = True, marked: bool = False
+) -> dict:
+    """Writes networks 0, 1 (train.csv, relative paths) and 2 (test.csv, absolute path), by
+    default in the released layout (20 outputs, moving statistics in the vectors).
 
     Returns ``{"csv": {split: path}, "vectors": [3, K, n] float64, "trees": [...], "errors": [...]}``.
     """
@@ -84,8 +96,8 @@ def write_nws(root: pathlib.Path, classes: int = 20, n_exports: int = 7) -> dict
         folder = root / "data" / f"net{i}"
         snaps = []
         for _ in range(K):
-            tree = reference_tree(rng, classes)
-            vector, n_conv = reference_flatten(tree)
+            tree = reference_tree(rng, classes, marked)
+            vector, n_conv, names = reference_flatten(tree, moving_stats)
             snaps.append(vector)
             trees.append(tree)
         vectors.append(snaps)
@@ -97,7 +109,7 @@ def write_nws(root: pathlib.Path, classes: int = 20, n_exports: int = 7) -> dict
         lengths = {"weightn_conv": n_conv, "weightn_fc": len(vector) - n_conv}
         rows.append({**props, **ARCH, **lengths, "path": path})
     csv = write_nws_lists(root, {"train": rows[:2], "test": rows[2:]})
-    return {"csv": csv, "vectors": np.asarray(vectors), "trees": trees, "errors": errors}
+    return {"csv": csv, "vectors": np.asarray(vectors), "trees": trees, "errors": errors, "names": names}
 
 
 @pytest.fixture
@@ -130,6 +142,7 @@ def test_members_map_indices_to_option_names_and_keep_the_split(written):
     assert list(members.dataset) == ["mnist", "fashion", "cifar10"]  # names kept as found
     assert list(members.lrate) == [0.001, 0.0025, 0.004]
     assert list(members.num_classes) == [20, 20, 20]  # the released nets have 20 outputs
+    assert list(members.moving_stats) == [True, True, True]  # and their vectors hold the moving statistics
     assert set(members.architecture) == {"f3-c3-d2-w4-u64"}
     assert members.path[0] == str((written["csv"]["train"].parent / "data" / "net0").absolute())
     assert zoo.num_snapshots == K
@@ -163,20 +176,47 @@ def test_flat_reads_float64_as_float32_per_snapshot(written):
 
 def test_params_and_layout_follow_the_reference_order(written):
     zoo = nws.open(written["csv"])
-    params = zoo.params([0, 1], snapshot=2)
+    params, stats = zoo.params([0, 1], snapshot=2), zoo.batch_stats([0, 1], snapshot=2)
     for row, member in enumerate([0, 1]):
         tree = written["trees"][member * K + 1]
         for layer, arrays in tree.items():
             for name, array in arrays.items():
-                np.testing.assert_allclose(params[layer][name][row], array, rtol=1e-6, atol=1e-6)
+                got = (stats if name in ("mean", "var") else params)[layer][name][row]
+                np.testing.assert_allclose(got, array, rtol=1e-6, atol=1e-6)
     arch = zoo.architecture(0)
     assert (arch.filter_size, arch.depth_conv, arch.width_conv, arch.num_classes) == (3, 3, 4, 20)
     segments = zoo.layout(0)
     assert segments[0].path == ("conv0", "kernel") and segments[0].offset == 0
     conv = sum(s.size for s in segments if s.part == "conv")
     assert conv == zoo.members.weightn_conv[0]
-    with pytest.raises(ZooError, match="batch-norm"):
-        zoo.batch_stats([0])
+
+
+@pytest.mark.parametrize("classes, moving_stats", [(20, True), (20, False), (10, True), (10, False)])
+def test_both_variants_are_recognised_by_their_lengths(tmp_path, classes, moving_stats):
+    """Vectors with or without the moving statistics, 20- or 10-wide outputs; every array marked with
+    its number: the segments fall exactly on the arrays the reference wrote."""
+    written = write_nws(tmp_path / "nws", classes=classes, moving_stats=moving_stats, marked=True)
+    zoo = nws.open(written["csv"])
+    assert list(zoo.members.num_classes) == [classes] * 3
+    assert list(zoo.members.moving_stats) == [moving_stats] * 3
+    assert set(zoo.members.architecture) == {"f3-c3-d2-w4-u64"}
+    vector = zoo.flat([1], snapshot=2)[0]
+    segments = zoo.layout(1)
+    assert [(s.path, s.size) for s in segments] == written["names"]
+    tree = written["trees"][0]  # marked: every array holds its number
+    for segment in segments:
+        mark = tree[segment.path[0]][segment.path[1]].flat[0]
+        np.testing.assert_array_equal(vector[segment.offset : segment.offset + segment.size], mark)
+    assert sum(s.size for s in segments if s.part == "conv") == zoo.members.weightn_conv[1]
+    params = zoo.params([1])
+    assert params["out"]["kernel"].shape == (1, 32, classes)
+    np.testing.assert_array_equal(params["conv0_bn"]["scale"][0], tree["conv0_bn"]["scale"])
+    if moving_stats:
+        np.testing.assert_array_equal(zoo.batch_stats([1])["fc1_bn"]["var"][0], tree["fc1_bn"]["var"])
+    else:
+        with pytest.raises(ZooError, match="no batch-norm moving statistics") as err:
+            zoo.batch_stats([1])
+        one_line(err)
 
 
 def test_reading_is_lazy(written, monkeypatch):

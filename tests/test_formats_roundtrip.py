@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from nwsjax.formats import nws, smallcnnzoo
+from nwsjax.layout import count_weights
 from nwsjax.space import PROPERTY_NAMES
 
 IDS = [0, 1, 2]
@@ -47,6 +48,12 @@ def assert_same_params(imported, zoo):
     got, want = imported.params(IDS, snapshot=2), zoo.params(IDS, snapshot=2)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     jax.tree.map(np.testing.assert_array_equal, got, want)
+    for i in IDS:  # the released layout: the moving statistics travel in the vectors, 20 outputs
+        arch = zoo.architecture(i)
+        assert arch.num_classes == 20 and zoo.flat([i]).shape[1] == count_weights(arch)["total"]
+        got, want = imported.batch_stats([i], snapshot=2), zoo.batch_stats([i], snapshot=2)
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
 def test_nws_round_trip(zoo, tmp_path):

@@ -22,7 +22,7 @@ from nwsjax.meta.reader import WeightReader
 from nwsjax.model import Architecture
 from nwsjax.zoo import WeightSource, Zoo, ZooWriter, open_zoo
 
-SMALL = Architecture(3, 3, 2, 4, 64)  # 20,682 weights, 1,632 in the conv part
+SMALL = Architecture(3, 3, 2, 4, 64)  # 21,260 values (released layout), 1,688 in the conv part
 DEEPER = Architecture(3, 3, 3, 4, 64)  # another length and one more layer, for mixed zoos
 OPTIMIZERS = ("adam", "rmsprop", "momentum")
 
@@ -52,13 +52,9 @@ def write_zoo(path, specs, vectors, k, *, members_per_part=16):
             weightn_fc=counts["fc"], status="finished", test_acc=0.9, epochs=k, snapshot_exports=list(range(1, k + 1)),
         )
         record.update(spec)
-        stats = {
-            s.path[0]: {"mean": np.zeros((k, *s.shape), np.float32), "var": np.ones((k, *s.shape), np.float32)}
-            for s in layout(arch) if s.path[0].endswith("_bn") and s.path[1] == "scale"
-        }
         # test accuracy after epoch e (export e + 1): 0.1 * e + member / 1000
         curves = [{"member": member, "epoch": e, "test_acc": 0.1 * e + member / 1000} for e in range(1, k)]
-        params = unflatten(np.asarray(vectors(member, arch), np.float32), arch)
+        params, stats = unflatten(np.asarray(vectors(member, arch), np.float32), arch)
         writer.add_member(arch.label(), arch, record, (params, stats), curves)
     writer.wait()
     writer.close()
@@ -160,7 +156,7 @@ def test_read_rows_is_the_seam_under_params_and_flat(mixed_zoo):
     for layer, leaves in want.items():
         for name, value in leaves.items():
             np.testing.assert_array_equal(got["params"][layer][name], value)
-    np.testing.assert_array_equal(flatten(got["params"], mixed_zoo.architecture(int(mine[0]))),
+    np.testing.assert_array_equal(flatten(got["params"], mixed_zoo.architecture(int(mine[0])), got["batch_stats"]),
                                   mixed_zoo.flat(mine[order], snapshot=2))
     assert [decode(v[7]) for v in mixed_zoo.flat(mine[order], snapshot=2)] == [(m, 2, 7) for m in mine[order]]
     np.testing.assert_array_equal(got["batch_stats"]["conv0_bn"]["var"], mixed_zoo.batch_stats(mine[order], 2)["conv0_bn"]["var"])
@@ -442,17 +438,17 @@ def test_unit_tokens_by_hand():
     n = count_weights(SMALL)["total"]
     vector = np.arange(n, dtype=np.float32)
     tokens, layers = unit_tokens(vector, SMALL)
-    assert tokens.shape == (unit_count(SMALL), UNIT_FEATURES) == (4 + 8 + 16 + 64 + 32 + 10, 25)
-    assert layers.tolist() == [0] * 4 + [1] * 8 + [2] * 16 + [3] * 64 + [4] * 32 + [5] * 10
-    # conv0: 4 units of 3 x 3 x 3 = 27 incoming weights, then 4 biases, 4 BN scales, 4 BN offsets
+    assert tokens.shape == (unit_count(SMALL), UNIT_FEATURES) == (4 + 8 + 16 + 64 + 32 + 20, 25)
+    assert layers.tolist() == [0] * 4 + [1] * 8 + [2] * 16 + [3] * 64 + [4] * 32 + [5] * 20
+    # conv0: 4 units of 3 x 3 x 3 = 27 incoming weights, then 4 biases, 4 BN offsets (beta), 4 scales (gamma)
     for u in range(4):
         mean, std, low, q10, q50, q90, high, mean_abs, bias, scale, offset = tokens[u, :11]
         assert (low, high, mean, q50) == (27 * u, 27 * u + 26, 27 * u + 13, 27 * u + 13)
-        assert (bias, scale, offset) == (108 + u, 112 + u, 116 + u)
+        assert (bias, offset, scale) == (108 + u, 112 + u, 116 + u)
         assert std == pytest.approx(np.arange(27).std())
     assert tokens[0, -3:].tolist() == [0, 1, 0] and tokens[-1, -3:].tolist() == [1, 0, 1]
     fc_tokens, fc_layers = unit_tokens(vector, SMALL, "fc")
-    assert len(fc_tokens) == unit_count(SMALL, "fc") == 106 and fc_layers[0] == 0
+    assert len(fc_tokens) == unit_count(SMALL, "fc") == 116 and fc_layers[0] == 0
     np.testing.assert_array_equal(fc_tokens[:, :22], tokens[28:, :22])  # same units, depth relative to the part
 
 

@@ -58,7 +58,8 @@ def test_flat_and_params_agree_and_snapshot_one_is_the_initialization(mixed):
     zoo, _, _, _ = mixed
     ids = [0, 1]
     params = zoo.params(ids, snapshot=2)
-    np.testing.assert_array_equal(flatten(params, zoo.architecture(0)), zoo.flat(ids, snapshot=2))
+    stats = zoo.batch_stats(ids, snapshot=2)  # the released layout: moving statistics in the vector
+    np.testing.assert_array_equal(flatten(params, zoo.architecture(0), stats), zoo.flat(ids, snapshot=2))
     assert not np.array_equal(zoo.flat(ids, snapshot=1), zoo.flat(ids, snapshot=3))
     stats = zoo.batch_stats(ids, snapshot=1)
     np.testing.assert_array_equal(stats["conv0_bn"]["var"], np.ones((2, 4)))  # untouched at initialization
@@ -116,18 +117,19 @@ def test_population_larger_than_memory_trains_in_fewer_slots(tmp_path, mixed):
                                       np.stack(zoo.flat(range(5), snapshot=snapshot)))
 
 
-def test_a_dataset_with_twenty_classes_gets_a_twenty_wide_head(tmp_path, digits):
-    """The output layer follows the member's dataset, not a default of 10; cohorts never mix class counts."""
+def test_the_head_is_twenty_wide_and_wider_for_more_classes(tmp_path, digits):
+    """The output layer has the reference's 20 units for a 10-class dataset, one per class for a
+    dataset of more classes; cohorts never mix output widths."""
     small = subset(digits, 300)
-    relabel = lambda labels: (labels + 10 * (np.arange(len(labels)) % 2)).astype(labels.dtype)  # noqa: E731
-    twenty = type(small)(**{**small.__dict__, "name": "twenty", "num_classes": 20,
+    relabel = lambda labels: (labels + 10 * (np.arange(len(labels)) % 3)).astype(labels.dtype)  # noqa: E731
+    thirty = type(small)(**{**small.__dict__, "name": "thirty", "num_classes": 30,
                             "train_labels": relabel(small.train_labels), "val_labels": relabel(small.val_labels),
                             "test_labels": relabel(small.test_labels)})
-    members = sample_members(2, seed=4, datasets=["digits", "twenty"], pins=dict(TINY, batch_size=128, batch_norm="off"))
-    members = [members[0].__class__(**{**members[0].__dict__, "dataset": name}) for name in ("digits", "twenty")]
-    zoo, report = train_zoo(tmp_path / "zoo", members, {"digits": small, "twenty": twenty}, epochs=1, snapshots=2)
-    assert len(report.compile_seconds) == 2  # one architecture, two class counts: two cohorts
-    for member, classes in ((0, 10), (1, 20)):
-        assert zoo.architecture(member).num_classes == classes
-        assert zoo.params([member])["out"]["kernel"].shape[-1] == classes
-    assert zoo.members.loc[1, "cohort"].endswith("-k20") and not zoo.members.loc[0, "cohort"].endswith("-k20")
+    members = sample_members(2, seed=4, datasets=["digits", "thirty"], pins=dict(TINY, batch_size=128, batch_norm="off"))
+    members = [members[0].__class__(**{**members[0].__dict__, "dataset": name}) for name in ("digits", "thirty")]
+    zoo, report = train_zoo(tmp_path / "zoo", members, {"digits": small, "thirty": thirty}, epochs=1, snapshots=2)
+    assert len(report.compile_seconds) == 2  # one architecture, two output widths: two cohorts
+    for member, width in ((0, 20), (1, 30)):
+        assert zoo.architecture(member).num_classes == width
+        assert zoo.params([member])["out"]["kernel"].shape[-1] == width
+    assert zoo.members.loc[1, "cohort"].endswith("-k30") and not zoo.members.loc[0, "cohort"].endswith("-k30")

@@ -5,7 +5,8 @@
   a :class:`nwsjax.zoo.WeightSource`) over per-member vectors that a format module
   reads from its own files.
 * :func:`infer_architecture`: which member of our architecture family, if any, has
-  given conv and FC lengths (the number of classes is solved from the FC length).
+  given conv and FC lengths, with or without the batch-norm moving statistics in the
+  vector (the output width is solved from the FC length: 20 in the released dataset).
 * :func:`export_history`: one row per export of one of our members (export 1 the
   initialization, export ``e + 1`` the weights after epoch ``e``), as both exporters
   write it.
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from nwsjax.errors import ZooError
-from nwsjax.layout import Segment, count_weights, layout, unflatten
+from nwsjax.layout import Segment, count_weights, layout, moving_stats_of, unflatten
 from nwsjax.model import Architecture
 from nwsjax.space import ARCHITECTURE_PROPERTIES, PROPERTY_NAMES
 from nwsjax.zoo import check_ids, check_snapshot, one_architecture, snapshot_exports
@@ -58,22 +59,31 @@ def switch_value(value: Any) -> Any:
 
 @functools.lru_cache(maxsize=256)
 def _fit(shape: tuple, n_conv: int, n_fc: int) -> Architecture | None:
+    """The architecture of ``shape`` whose vector (moving statistics in it or not) has these lengths."""
     try:
         one = Architecture(*shape, num_classes=1)
-        counts_one, counts_two = count_weights(one), count_weights(dataclasses.replace(one, num_classes=2))
+        two = dataclasses.replace(one, num_classes=2)
+        count_weights(one)
     except (KeyError, TypeError, ValueError):  # a depth outside the family
         return None
-    if counts_one["conv"] != n_conv:
-        return None
-    per_class = counts_two["fc"] - counts_one["fc"]
-    classes, rest = divmod(n_fc - (counts_one["fc"] - per_class), per_class)
-    if rest or classes < 1:
-        return None
-    return dataclasses.replace(one, num_classes=int(classes))
+    for moving_stats in (True, False):
+        counts_one, counts_two = count_weights(one, moving_stats), count_weights(two, moving_stats)
+        if counts_one["conv"] != n_conv:
+            continue
+        per_class = counts_two["fc"] - counts_one["fc"]
+        classes, rest = divmod(n_fc - (counts_one["fc"] - per_class), per_class)
+        if rest or classes < 1:
+            return None
+        return dataclasses.replace(one, num_classes=int(classes))
+    return None
 
 
 def infer_architecture(props: Mapping[str, Any], n_conv: int, n_fc: int) -> Architecture | None:
     """The architecture of our family with ``n_conv`` conv and ``n_fc`` FC weights, or None.
+
+    The lengths may count the batch-norm moving statistics (the released layout) or
+    not (:func:`nwsjax.layout.moving_stats_of` tells which, from their sum); with batch
+    norm the conv length alone decides, as the two variants differ there.
 
     Args:
       props: ``filter_size, depth_conv, depth_fc, width_conv, width_fc`` (integers) and
@@ -168,8 +178,10 @@ class FileZoo:
     """The read side of the Zoo API over a public format's files.
 
     Subclasses fill ``members`` (indexed by member id) and implement :meth:`_vector`
-    and :meth:`_read_curves`; :meth:`architecture` and :meth:`params` work for members
-    whose ``weightn_conv`` / ``weightn_fc`` fit our architecture family.
+    and :meth:`_read_curves`; :meth:`architecture`, :meth:`layout` and :meth:`params`
+    work for members whose ``weightn_conv`` / ``weightn_fc`` fit our architecture
+    family (with or without the moving statistics), :meth:`batch_stats` for those whose
+    vectors hold the moving statistics.
 
     Attributes:
       path: where the zoo was read from.
@@ -222,9 +234,14 @@ class FileZoo:
             )
         return arch
 
+    def moving_stats(self, member: int) -> bool:
+        """Whether ``member``'s vector holds the batch-norm moving statistics (its lengths say)."""
+        row = self.members.loc[check_ids(self.members, [member])[0]]
+        return moving_stats_of(self.architecture(member), int(row["weightn_conv"] + row["weightn_fc"]))
+
     def layout(self, member: int) -> list[Segment]:
-        """Where each parameter array of ``member`` sits in its flat vector."""
-        return layout(self.architecture(member))
+        """Where each array of ``member`` sits in its flat vector."""
+        return layout(self.architecture(member), self.moving_stats(member))
 
     def storage_parts(self, ids: Sequence[int]) -> np.ndarray:
         """``""`` for every member: each is read from its own file or rows, one at a time."""
@@ -243,22 +260,33 @@ class FileZoo:
             return np.stack(vectors)
         return vectors
 
+    def _trees(self, ids, snapshot: int | None) -> tuple[dict, dict | None]:
+        """``(params, batch_stats)`` of ``ids`` (one architecture and vector length), stacked."""
+        ids = check_ids(self.members, ids)
+        arch = one_architecture(self, ids)  # before reading: a length that fits no architecture is the error
+        if len({self.moving_stats(i) for i in ids}) > 1:
+            raise ZooError("members' vectors differ: some hold the batch-norm moving statistics, some not; "
+                           "select ids of one weightn_conv")
+        return unflatten(self.flat(ids, snapshot), arch)
+
     def params(self, ids, snapshot: int | None = None):
         """Stacked Flax params trees of ``ids`` (one architecture) at ``snapshot`` (default K).
 
         Returns:
           ``{layer: {name: float32 [len(ids), *shape]}}`` (see :func:`nwsjax.layout.unflatten`).
         """
-        ids = check_ids(self.members, ids)
-        arch = one_architecture(self, ids)  # before reading: a length that fits no architecture is the error
-        return unflatten(self.flat(ids, snapshot), arch)
+        return self._trees(ids, snapshot)[0]
 
     def batch_stats(self, ids, snapshot: int | None = None):
-        """Not stored by the public formats: always raises ZooError."""
-        raise ZooError(
-            f"{self.info.get('format', 'this')} zoos store no batch-norm statistics; "
-            "recompute them on data, or use an nwsjax zoo"
-        )
+        """Batch-norm moving statistics, shaped like :meth:`params`, of members whose vectors
+        hold them (the released layout); ZooError for vectors without them."""
+        batch_stats = self._trees(ids, snapshot)[1]
+        if batch_stats is None:
+            raise ZooError(
+                f"these {self.info.get('format', 'format')} vectors hold no batch-norm moving statistics "
+                f"(weightn_conv counts none); recompute them on data, or use vectors of the released layout"
+            )
+        return batch_stats
 
 
 def check_columns(frame: pd.DataFrame, required: Sequence[str], where: str, what: str) -> None:

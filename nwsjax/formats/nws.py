@@ -8,7 +8,11 @@ Layout (reference, "On-disk layout of the released NWS dataset")::
                         weightn_fc, path (the network's folder, absolute or relative
                         to the CSV); our exporter adds a trailing ``member`` column
     <path>/weights/001.bin ... <K>.bin
-                        snapshot k: the whole flat vector (NWS order), raw float64
+                        snapshot k: the whole flat vector (NWS order), raw float64:
+                        every layer's kernel, bias, batch-norm beta, gamma, moving
+                        mean and variance, a 20-wide output layer; vectors without
+                        the moving statistics or with another output width are read
+                        too (:func:`nwsjax.formats.common.infer_architecture`)
     <path>/error.bin    raw float64 rows of 5 per export: step, train error %,
                         validation error %, test error %, smoothed validation error %
     <path>/stat.bin     raw float64: number of exports, steps, epochs, seconds
@@ -37,6 +41,7 @@ from nwsjax.formats.common import (
     member_ids,
     switch_value,
 )
+from nwsjax.layout import moving_stats_of
 from nwsjax.space import PROPERTIES, PROPERTY_NAMES
 
 __all__ = ["CSV_COLUMNS", "ERROR_COLUMNS", "NWSZoo", "open", "export"]
@@ -120,14 +125,16 @@ def _read_list(path: Path, split: str) -> pd.DataFrame:
 
 
 def _architecture_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """``num_classes`` and ``architecture`` label per row (NA where the lengths fit no architecture)."""
-    archs = [
-        infer_architecture(row, row["weightn_conv"], row["weightn_fc"])
-        for row in frame.to_dict("records")
-    ]
+    """``num_classes`` (output units), ``moving_stats`` (whether the vectors hold the batch-norm
+    moving statistics) and ``architecture`` label per row (NA where the lengths fit no architecture)."""
+    records = frame.to_dict("records")
+    archs = [infer_architecture(row, row["weightn_conv"], row["weightn_fc"]) for row in records]
+    lengths = [r["weightn_conv"] + r["weightn_fc"] for r in records]
+    stats = [moving_stats_of(a, n) if a else None for a, n in zip(archs, lengths)]
     return pd.DataFrame(
         {
             "num_classes": pd.array([a.num_classes if a else None for a in archs], dtype="Int64"),
+            "moving_stats": pd.array(stats, dtype="boolean"),
             "architecture": pd.array([a.label() if a else None for a in archs], dtype="str"),
         },
         index=frame.index,
@@ -139,7 +146,9 @@ class NWSZoo(FileZoo):
 
     ``members`` holds the CSV columns (categorical values as our option names),
     ``path`` (the absolute network folder), ``split`` ("train"/"test", the CSV the row
-    came from), ``num_classes`` and ``architecture`` (NA when the lengths fit no
+    came from), ``num_classes`` (output units: 20 in the released dataset),
+    ``moving_stats`` (whether the vectors hold the batch-norm moving statistics, as
+    the released ones do) and ``architecture`` (NA when the lengths fit no
     architecture of our family). Reading is lazy: :meth:`flat` reads one .bin file per
     member and snapshot; :attr:`curves` and :attr:`stats` read every network's
     error.bin / stat.bin on first use.
@@ -334,7 +343,8 @@ def export(zoo, out_dir: str | os.PathLike, split=None, *, seed: int = 0) -> dic
     """Writes ``zoo`` in the layout of the released NWS dataset.
 
     Each member becomes ``out_dir/nets/<member:06d>/`` with ``weights/001.bin`` ..
-    ``<K>.bin`` (``zoo.flat`` as float64), ``error.bin`` (one row per export; export 1,
+    ``<K>.bin`` (``zoo.flat`` as float64: for our zoos the released layout, moving
+    statistics and a 20-wide output layer included), ``error.bin`` (one row per export; export 1,
     the initialization, which our trainer does not evaluate, has NaN errors) and
     ``stat.bin`` (exports, steps, epochs, seconds; NaN where the zoo does not record
     it). Each split gets ``out_dir/<split>.csv`` with :data:`CSV_COLUMNS` (optimizer,

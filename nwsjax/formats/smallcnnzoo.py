@@ -40,7 +40,7 @@ from nwsjax.formats.common import (
     member_ids,
     snapshot_exports_of,
 )
-from nwsjax.layout import Segment, layout, unflatten
+from nwsjax.layout import MOVING_STATS, Segment, unflatten
 from nwsjax.space import PROPERTY_NAMES
 from nwsjax.zoo import check_ids, check_snapshot
 
@@ -75,7 +75,10 @@ FIXED_CONFIG = {
     "config.l2reg": 0.0,
     "config.train_fraction": 1.0,
 }
-_FLAX_NAMES = {"gamma": "scale", "beta": "bias"}  # Keras batch-norm names -> Flax
+# Keras batch-norm names -> Flax (moving statistics: Flax's batch_stats names)
+_FLAX_NAMES = {"gamma": "scale", "beta": "bias", "moving_mean": "mean", "moving_variance": "var"}
+# A layer's variables in NWS order: kernel, bias; batch norm beta, gamma, moving mean, variance
+_NWS_RANK = {"kernel": 0, "bias": 1, "scale": 2, "mean": 3, "var": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +88,7 @@ class Variable:
     Attributes:
       layer: the variable's layer (``conv2d_1`` of ``sequential/conv2d_1/kernel:0``).
       name: its name in the layer (``kernel``; Keras ``gamma``/``beta`` become
-        ``scale``/``bias`` as in Flax).
+        ``scale``/``bias`` as in Flax, ``moving_mean``/``moving_variance`` ``mean``/``var``).
       shape: its shape (TensorFlow/Flax layout).
       start: its first column in weights.npy.
     """
@@ -162,7 +165,9 @@ def arrange(variables: Sequence[Variable], order: str) -> tuple[list[Segment], n
       variables: a folder's variables (:func:`read_layout`).
       order: ``"nws"``: layers in stored order, inside a layer the kernel first (grouped
         by output unit: for each output channel, each input channel, the k x k taps),
-        then its other variables in stored order; ``"stored"``: as in weights.npy.
+        then the bias, then batch norm's beta, gamma, moving mean and variance (the
+        released NWS order), then any other variables in stored order; ``"stored"``:
+        as in weights.npy.
 
     Returns:
       ``(segments, permutation)``: segments with offsets into the returned vectors and
@@ -184,7 +189,7 @@ def arrange(variables: Sequence[Variable], order: str) -> tuple[list[Segment], n
         return segments, None
     segments, pieces, offset = [], [], 0
     for name, members in layers.items():
-        for variable in sorted(members, key=lambda v: v.name != "kernel"):  # stable: kernel first
+        for variable in sorted(members, key=lambda v: _NWS_RANK.get(v.name, len(_NWS_RANK))):  # stable
             segments.append(Segment((name, variable.name), variable.shape, offset, parts[name]))
             columns = np.arange(variable.start, variable.start + variable.size).reshape(variable.shape)
             pieces.append(_unit_major(columns, variable.name))
@@ -308,13 +313,8 @@ class SmallCNNZoo(FileZoo):
         member = check_ids(self.members, [member])[0]
         return list(self._folders[self._rows[member][0]].segments)
 
-    def params(self, ids, snapshot: int | None = None):
-        """Stacked params trees of ``ids`` (one layout) at ``snapshot`` (default K).
-
-        Returns:
-          ``{layer: {name: float32 [len(ids), *shape]}}`` with the layers and names of
-          layout.csv (TensorFlow/Flax layout; Keras ``gamma``/``beta`` as ``scale``/``bias``).
-        """
+    def _tree(self, ids, snapshot: int | None, collection: str) -> dict[str, dict[str, np.ndarray]]:
+        """The variables of ``collection`` (``"params"`` or ``"batch_stats"``) of ``ids``, stacked."""
         snapshot = check_snapshot(snapshot, self.num_snapshots)
         ids = check_ids(self.members, ids)
         layouts = {tuple(self._folders[self._rows[i][0]].variables) for i in ids}
@@ -323,9 +323,25 @@ class SmallCNNZoo(FileZoo):
         stored = np.stack([self._stored(i, snapshot) for i in ids])
         tree: dict[str, dict[str, np.ndarray]] = {}
         for v in layouts.pop():
-            array = stored[:, v.start : v.start + v.size].reshape(len(ids), *v.shape)
-            tree.setdefault(v.layer, {})[v.name] = array
+            if (v.name in MOVING_STATS) == (collection == "batch_stats"):
+                array = stored[:, v.start : v.start + v.size].reshape(len(ids), *v.shape)
+                tree.setdefault(v.layer, {})[v.name] = array
         return tree
+
+    def params(self, ids, snapshot: int | None = None):
+        """Stacked params trees of ``ids`` (one layout) at ``snapshot`` (default K).
+
+        Returns:
+          ``{layer: {name: float32 [len(ids), *shape]}}`` with the layers and names of
+          layout.csv (TensorFlow/Flax layout; Keras ``gamma``/``beta`` as ``scale``/``bias``),
+          the moving statistics left out (:meth:`batch_stats`).
+        """
+        return self._tree(ids, snapshot, "params")
+
+    def batch_stats(self, ids, snapshot: int | None = None):
+        """The batch-norm moving statistics (``mean``, ``var``) stored in layout.csv, shaped like
+        :meth:`params`; ``{}`` when the networks have none."""
+        return self._tree(ids, snapshot, "batch_stats")
 
 
 def open(folders, *, snapshots: int | None = None, order: str = "nws") -> SmallCNNZoo:  # noqa: A001
@@ -444,9 +460,17 @@ def _curves_of(metrics: pd.DataFrame, kept: list[tuple]) -> pd.DataFrame:
 # -- writing -----------------------------------------------------------------------------
 
 
-def _folder_name(dataset, arch, several: bool) -> str:
+def _folder_name(dataset, label: str, several: bool) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(dataset)) or "dataset"
-    return f"{name}-{arch.label()}" if several else name
+    return f"{name}-{label}" if several else name
+
+
+def _layout_label(zoo, member: int) -> str:
+    """The architecture label of ``member``, ``-nostats`` added when its vector leaves out
+    the batch-norm moving statistics: members of one label share one layout."""
+    arch = zoo.architecture(member)
+    dropped = arch.batch_norm and not zoo.moving_stats(member)
+    return arch.label() + ("-nostats" if dropped else "")
 
 
 def export(zoo, out_dir: str | os.PathLike) -> list[Path]:
@@ -455,9 +479,11 @@ def export(zoo, out_dir: str | os.PathLike) -> list[Path]:
     A dataset whose members have several architectures gets one folder per
     architecture (``<dataset>-<architecture label>``), as weights.npy is a matrix.
     Rows are members in id order, each with its K snapshots in order. Variables
-    are written layer by layer, kernel then bias then batch-norm scale and offset
-    (Keras order), kernels in TensorFlow/Flax layout; layout.csv names them
-    ``<layer>/<name>:0``. metrics.csv.gz has the properties as ``config.*`` columns
+    are written in the order of the member's flat vector (``zoo.layout``): layer by
+    layer, kernel, bias, then batch-norm offset, scale, and moving mean and variance
+    where the vector holds them; kernels in TensorFlow/Flax layout; layout.csv names
+    them ``<layer>/<name>:0`` with Flax's names (``scale``, ``bias``, ``mean``, ``var``).
+    metrics.csv.gz has the properties as ``config.*`` columns
     (:data:`CONFIG_NAMES`, option names, not indices), :data:`FIXED_CONFIG`,
     ``config.num_classes``, ``config.random_seed`` (the member seed), ``member``,
     ``modeldir``, ``step`` (training steps at the snapshot), train/val/test accuracy
@@ -474,23 +500,22 @@ def export(zoo, out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     members = zoo.members
     check_columns(members, PROPERTY_NAMES, "zoo.members", "export needs the 13 properties")
-    archs = pd.Series({m: zoo.architecture(m) for m in members.index}, dtype=object)
+    labels = pd.Series({m: _layout_label(zoo, m) for m in members.index}, dtype=object)
     curves = zoo.curves
     by_member = dict(tuple(curves.groupby("member"))) if len(curves) else {}
     written = []
     for dataset, ids in members.groupby("dataset", sort=True).groups.items():
-        groups = archs[ids].groupby(archs[ids].map(lambda a: a.label()), sort=True)
-        for _, arch_ids in groups.groups.items():
-            arch = archs[arch_ids[0]]
-            folder = out / _folder_name(dataset, arch, groups.ngroups > 1)
+        groups = labels[ids].groupby(labels[ids], sort=True)
+        for label, arch_ids in groups.groups.items():
+            folder = out / _folder_name(dataset, label, groups.ngroups > 1)
             folder.mkdir(parents=True, exist_ok=True)
-            _write_folder(zoo, folder, sorted(arch_ids), arch, by_member)
+            _write_folder(zoo, folder, sorted(arch_ids), by_member)
             written.append(folder)
     return written
 
 
-def _write_folder(zoo, folder: Path, ids: list[int], arch, by_member: dict) -> None:
-    segments = layout(arch)
+def _write_folder(zoo, folder: Path, ids: list[int], by_member: dict) -> None:
+    arch, segments = zoo.architecture(ids[0]), zoo.layout(ids[0])
     pd.DataFrame(
         {
             "varname": [f"{s.path[0]}/{s.path[1]}:0" for s in segments],
@@ -513,8 +538,9 @@ def _write_folder(zoo, folder: Path, ids: list[int], arch, by_member: dict) -> N
         if "seed" in record:
             config["config.random_seed"] = record["seed"]
         for snapshot in range(1, k + 1):
-            params = unflatten(np.asarray(zoo.flat([member], snapshot=snapshot)[0]), arch)
-            stored = [params[s.path[0]][s.path[1]].ravel() for s in segments]
+            vector = np.asarray(zoo.flat([member], snapshot=snapshot)[0])
+            trees = dict(zip(("params", "batch_stats"), unflatten(vector, arch)))
+            stored = [trees[s.collection][s.path[0]][s.path[1]].ravel() for s in segments]
             weights[index * k + snapshot - 1] = np.concatenate(stored)
             at = history.iloc[min(int(exports[snapshot - 1]), len(history)) - 1]
             rows.append(
