@@ -734,3 +734,22 @@ def test_budget_in_steps_learning_curve_and_early_stopping(planted_zoo):
     jax.tree.map(np.testing.assert_array_equal, fitted.variables, seen[1])
     with pytest.raises(ConfigError, match="patience=0"):
         T.TrainSettings(patience=0)
+
+
+def test_dmc_pooling_matches_flax_max_pool_and_its_gradient():
+    """The DMC's pooling: values and gradients of nn.max_pool (first maximum of a pair, ties
+    included; an odd last weight dropped), bitwise."""
+    import flax.linen as nn
+
+    from nwsjax.meta.models import _pool
+
+    rng = np.random.default_rng(0)
+    for length in (10, 11):
+        x = np.maximum(rng.standard_normal((3, length, 2)), 0).astype(np.float32)  # ties at 0
+        x[0, 2:4] = 0.5  # a tie of two positive values
+        w = rng.standard_normal((3, length // 2, 2)).astype(np.float32)
+        reference = lambda v: nn.max_pool(v, (2,), strides=(2,), padding="VALID")  # noqa: E731
+        np.testing.assert_array_equal(_pool(x), reference(x))
+        ours, theirs = (jax.grad(lambda v, f=f: (f(v) * w).sum())(x) for f in (_pool, reference))
+        np.testing.assert_array_equal(ours, theirs)
+        assert ours[0, 2, 0] == w[0, 1, 0] and ours[0, 3, 0] == 0

@@ -56,9 +56,36 @@ def _norm(train: bool, name: str | None = None) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name)
 
 
+@jax.custom_vjp
 def _pool(x: jnp.ndarray) -> jnp.ndarray:
-    """2x max pooling along the length, 'valid' (an odd last weight is dropped)."""
-    return nn.max_pool(x, (2,), strides=(2,), padding="VALID")
+    """2x max pooling along the length, 'valid' (an odd last weight is dropped): ``[B, L, C] -> [B, L // 2, C]``.
+
+    The values and gradients of ``nn.max_pool(x, (2,), strides=(2,), padding="VALID")``
+    (a pair's gradient goes to its first maximum, ties included), written as a reshape
+    and a max with a select for the backward pass instead of select-and-scatter: the
+    DMC's train step is about 14% faster on one CPU core (docs/meta.md, Throughput).
+    """
+    return _pairs(x).max(axis=2)
+
+
+def _pairs(x: jnp.ndarray) -> jnp.ndarray:
+    b, length, c = x.shape
+    return x[:, : length // 2 * 2].reshape(b, length // 2, 2, c)
+
+
+def _pool_fwd(x):
+    pairs = _pairs(x)
+    return pairs.max(axis=2), (pairs[:, :, 0] >= pairs[:, :, 1], x.shape[1])
+
+
+def _pool_bwd(residuals, dy):
+    first, length = residuals
+    zero = jnp.zeros_like(dy)
+    dx = jnp.stack([jnp.where(first, dy, zero), jnp.where(first, zero, dy)], axis=2).reshape(dy.shape[0], -1, dy.shape[2])
+    return (jnp.pad(dx, ((0, 0), (0, length % 2), (0, 0))),)
+
+
+_pool.defvjp(_pool_fwd, _pool_bwd)
 
 
 def dmc_plan(length: int, deep: bool) -> list[tuple[int, bool]]:
