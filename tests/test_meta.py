@@ -669,17 +669,25 @@ def test_dmc_batch_norm_at_test_time_normalizes_by_the_test_batch():
             variables = {"params": variables["params"], "batch_stats": jax.tree.map(
                 lambda v: v + 0.5, variables["batch_stats"])}  # running averages unlike any batch's
         forward = T._forward(module, "classification", True)
-        base, moved, elsewhere = (np.asarray(forward(variables, v, position)) for v in (x, changed, other))
+        every = np.ones(2, bool)
+        base, moved, elsewhere = (np.asarray(forward(variables, v, position, every)) for v in (x, changed, other))
         assert T.normalizes_by_batch(module) == (norm == "batch")
         if norm == "batch":
             assert np.abs(base[0, 0] - moved[0, 0]).max() > 1e-2  # its network's other slices matter
             np.testing.assert_allclose(base[0], elsewhere[0], atol=2e-4)  # another network's do not
             # single slices (one per sample): the whole batch is one batch. The 4 slices of
             # network 0 as 4 samples give the per-network outputs; another sample changes them.
-            alone = np.asarray(forward(variables, x[0][:, None], position[0][:, None]))
+            alone = np.asarray(forward(variables, x[0][:, None], position[0][:, None], np.ones(4, bool)))
             np.testing.assert_allclose(alone[:, 0], base[0], atol=2e-4)
-            moved_alone = np.asarray(forward(variables, changed[0][:, None], position[0][:, None]))
+            moved_alone = np.asarray(forward(variables, changed[0][:, None], position[0][:, None], np.ones(4, bool)))
             assert np.abs(alone[0, 0] - moved_alone[0, 0]).max() > 1e-2
+            # padding (valid False) is left out of the statistics: what it holds changes nothing
+            junk = x.copy()
+            junk[0, 3] = 100.0
+            padded = [np.asarray(forward(variables, v[0][:, None], position[0][:, None], np.array([1, 1, 1, 0], bool)))
+                      for v in (x, junk)]
+            np.testing.assert_allclose(padded[0][:3], padded[1][:3], atol=2e-4)
+            assert np.abs(padded[0][0] - alone[0]).max() > 1e-3  # 3 samples' statistics, not 4
         else:
             np.testing.assert_allclose(base[0, 0], moved[0, 0], atol=2e-4)
             np.testing.assert_allclose(base[0], elsewhere[0], atol=2e-4)

@@ -139,24 +139,27 @@ class DMC(nn.Module):
     test_norm: str = "batch"
 
     @nn.compact
-    def __call__(self, x, position=None, *, train: bool = False):
+    def __call__(self, x, position=None, *, train: bool = False, mask=None):
+        """``mask``: bool ``[batch]``, the samples whose slices count in batch statistics
+        (padding left out); None: all."""
         del position  # the DMC sees the weights only
         if self.test_norm not in TEST_NORMS:
             raise ValueError(f"test_norm={self.test_norm!r}: choose one of {', '.join(TEST_NORMS)}")
         by_batch = train or self.test_norm == "batch"
         batch, slices, length = x.shape
         h = x.reshape(batch * slices, length, 1)
+        counted = None if mask is None else jnp.repeat(jnp.asarray(mask, bool), slices)  # [batch * slices]
         deep = length > DEEP_LENGTH if self.deep is None else self.deep
         scale = lambda n: max(1, int(round(n * self.width)))  # noqa: E731
         for channels, pool in dmc_plan(length, deep):
             h = nn.Conv(scale(channels), (5,), padding="SAME", kernel_init=_glorot)(h)
-            h = _norm(by_batch)(nn.relu(h))
+            h = _norm(by_batch)(nn.relu(h), mask=None if counted is None else counted[:, None, None])
             if pool and h.shape[1] >= 2:
                 h = _pool(h)
         h = h.reshape(h.shape[0], -1)
         for features in (1024, 1024, 1024, 1024, 64):
             h = nn.Dense(scale(features), kernel_init=_glorot)(h)
-            h = _norm(by_batch)(nn.relu(h))
+            h = _norm(by_batch)(nn.relu(h), mask=None if counted is None else counted[:, None])
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
         out = nn.Dense(self.outputs, kernel_init=_glorot)(h)
         return out.reshape(batch, slices, -1).mean(axis=1)

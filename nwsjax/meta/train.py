@@ -375,29 +375,32 @@ def normalizes_by_batch(module: nn.Module) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _forward(module: nn.Module, kind: str, each_slice: bool) -> Callable:
-    """The jitted evaluation function ``(variables, x, position) -> [b, s or 1, (classes)]`` of a model.
+    """The jitted evaluation function ``(variables, x, position, valid) -> [b, s or 1, (classes)]``
+    of a model; ``valid``: bool ``[b]``, the samples that are not padding.
 
     A model that normalizes by batch statistics at test time (:func:`normalizes_by_batch`)
     sees, with ``each_slice`` and several slices per sample, the ``s`` slices of one
     sample as one batch (the reference's 64 slices of one network); otherwise the
-    whole input batch as one batch. Its updated running averages are dropped.
+    whole input batch as one batch, its padding left out of the statistics. Its
+    updated running averages are dropped.
     """
     by_batch = normalizes_by_batch(module)
 
-    def apply(variables, x, position):
+    def apply(variables, x, position, valid=None):
         if by_batch:
-            return module.apply(variables, x, position, mutable=["batch_stats"])[0]
+            return module.apply(variables, x, position, mask=valid, mutable=["batch_stats"])[0]
         return module.apply(variables, x, position)
 
     @jax.jit
-    def forward(variables, x, position):
+    def forward(variables, x, position, valid):
         b, s, length = x.shape
         if each_slice and by_batch and s > 1:
             out = jax.vmap(lambda xs, ps: apply(variables, xs[:, None], ps[:, None]))(x, position)
         elif each_slice:
-            out = apply(variables, x.reshape(b * s, 1, length), position.reshape(b * s, 1)).reshape(b, s, -1)
+            valid = jnp.repeat(valid, s)
+            out = apply(variables, x.reshape(b * s, 1, length), position.reshape(b * s, 1), valid).reshape(b, s, -1)
         else:
-            out = apply(variables, x, position)[:, None]
+            out = apply(variables, x, position, valid)[:, None]
         return jax.nn.softmax(out, -1) if kind == "classification" else out[..., 0]
 
     return forward
@@ -424,7 +427,7 @@ def predict(fitted: Fitted, stream: SliceStream, starts: Callable[[np.ndarray], 
     batches = -(-len(stream.samples) // stream.batch_size)
     for batch in tqdm(prefetch(stream.eval_batches(starts)), total=batches, desc=progress, disable=progress is None,
                       leave=False, unit="batch"):
-        out = np.asarray(forward(fitted.variables, batch.x, batch.position))
+        out = np.asarray(forward(fitted.variables, batch.x, batch.position, batch.index >= 0))
         if fitted.target.kind == "regression":
             out = out * fitted.scale[1] + fitted.scale[0]
         if result is None:
