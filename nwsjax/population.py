@@ -21,8 +21,6 @@ to an Orbax checkpoint (see :mod:`nwsjax.zoo`).
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,15 +30,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from nwsjax import optim, step
+from nwsjax.cohort import CohortPrograms, CohortShape, default_memory_budget, eval_plan
 from nwsjax.data import Dataset
 from nwsjax.errors import ConfigError
 from nwsjax.model import Architecture, MemberShape, NWSNet
 from nwsjax.padding import crop
 from nwsjax.programs import POLICIES, CostModel, Program, part_label, plan_programs, train_flops
 from nwsjax.space import MemberConfig, option_index
+from nwsjax.schedule import (Events, RoundInputs, Schedule, Slot, absorb, busy, close_epoch, compact, epoch_plan,
+                             next_epoch, round_inputs, seat, vacate)
 from nwsjax.stopping import StoppingConfig, stop_reason
-from nwsjax.strategy import Strategy, default_strategy, map_members
-from nwsjax.zoo import Spill, ZooWriter
+from nwsjax.strategy import Strategy, default_strategy
+from nwsjax.zoo import ZooWriter
 
 __all__ = ["TrainConfig", "PopulationReport", "train_population", "plan_population"]
 
@@ -128,11 +129,11 @@ class PopulationReport:
         """Of the FLOPs computed, the fraction that were members' own (not padding, not idle slots)."""
         return self.useful_flops / self.computed_flops if self.computed_flops else 1.0
 
-    def add_cohort(self, label: str, cohort: _Cohort) -> None:
+    def add_cohort(self, label: str, cohort: CohortStats) -> None:
         """Adds what one trained cohort measured."""
         self.compile_seconds[label] = cohort.compile_seconds
         self.footprint_bytes[label] = cohort.footprint
-        self.slots[label] = cohort.initial_slots
+        self.slots[label] = cohort.slots
         self.compactions[label] = cohort.compactions
         self.member_steps += cohort.member_steps
         self.slot_steps += cohort.slot_steps
@@ -218,388 +219,227 @@ def _stack(items: Sequence[Any]):
     return jax.tree.map(lambda *xs: np.stack(xs), *items)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every cohort of a run shares."""
+
+    members: Sequence[MemberConfig]
+    classes: Mapping[str, int]  # per dataset name
+    placements: Mapping[str, _Placement]
+    data: step.DeviceData
+    config: TrainConfig
+    strategy: Strategy
+    writer: ZooWriter
+
+
 @dataclasses.dataclass
-class _Slot:
-    """Host-side bookkeeping of the member training in one slot."""
+class CohortStats:
+    """What one cohort measured (:meth:`PopulationReport.add_cohort`)."""
 
-    member: int
-    config: MemberConfig
-    arch: Architecture  # the member's own (a padded program computes a larger one)
-    part: str  # the zoo part it is stored in
-    placement: _Placement
-    steps_per_epoch: int
-    spill: Spill
-    epoch: int = 0  # epochs completed
-    position: int = 0  # steps done in the current epoch
-    steps: int = 0  # steps done in total
-    loss_sum: float = 0.0
-    correct_sum: float = 0.0
-    val_history: list = dataclasses.field(default_factory=list)
-    curves: list = dataclasses.field(default_factory=list)
-    started: float = dataclasses.field(default_factory=time.perf_counter)
+    compile_seconds: float = 0.0
+    footprint: int = 0  # bytes of its largest program
+    slots: int = 0  # members trained at once, at the start
+    compactions: int = 0  # times a vmap cohort moved to a narrower program
+    member_steps: int = 0
+    slot_steps: int = 0
+    images: int = 0
+    useful_flops: float = 0.0  # training FLOPs of the members' own architectures
+    computed_flops: float = 0.0  # training FLOPs the program computed
 
 
-class _Cohort:
-    """Trains the members of one cohort, refilling slots as members finish."""
+def _width(members: int, run: _Run) -> int:
+    """Slots for ``members`` at once: whole slots per device, and for looped strategies at least 2.
 
-    def __init__(self, program: Program, member_ids, members, data, placements, config, strategy, writer, progress,
-                 width, classes):
-        self.label = program.label
-        self.program = program
-        self.classes = classes
-        whole = program.members
-        self.pending = list(member_ids)
-        self.members = members
-        self.data = data
-        self.placements = placements
-        self.config = config
-        self.strategy = strategy
-        self.writer = writer
-        self.progress = progress
-        self.arch = program.arch
-        self.batch_size = members[member_ids[0]].batch_size
-        self.model = NWSNet(self.arch, conv_impl=strategy.conv, padded=program.padded)
-        width = min(width, config.max_slots)  # the whole cohort's: a resumed rest trains in the same program
-        # Whole slots per device, and for looped strategies at least 2: with one, XLA drops
-        # the trip-count-1 member loop and fuses the step differently (float32-apart
-        # weights). With 2 or more every member runs the same loop body at any width,
-        # so results are bitwise independent of population size, devices and resumption.
-        self.min_per_device = 1 if strategy.batching == "vmap" else 2
-        self.n_slots = max(self.min_per_device, -(-width // config.devices)) * config.devices
-        # Shapes and specializations come from the whole cohort (``whole``: every process's
-        # members, committed ones included), so a resumed rest or one process's share
-        # compiles the very program the uninterrupted run did.
-        used = {members[i].dataset for i in whole}
-        self.static = shared_knobs([members[i] for i in whole])
-        self.max_steps = max(placements[d].train[1] // self.batch_size for d in used)
-        self.eval_plans = (
-            eval_plan([placements[d].val[1] for d in used], config.eval_chunk),
-            eval_plan([placements[d].test[1] for d in used], config.eval_chunk),
-        )
-        self.compile_seconds = 0.0
-        self.compactions = 0
-        self.footprint = 0
-        self.member_steps = 0
-        self.slot_steps = 0
-        self.images = 0
-        self.useful_flops = 0.0  # training FLOPs of the members' own architectures
-        self.computed_flops = 0.0  # training FLOPs computed by the program
-
-    # -- compiled programs ---------------------------------------------------------
-    def _build(self, knobs):
-        model, strategy, data = self.model, self.strategy, self.data
-        val_plan, test_plan = self.eval_plans
-
-        static = self.static
-
-        def fresh(knobs):
-            return map_members(strategy, lambda k: step.init_member(model, k._replace(**static)), [knobs])
-
-        def init(knobs, states, refill):
-            keep = lambda f, s: jnp.where(refill.reshape(-1, *[1] * (f.ndim - 1)), f, s)  # noqa: E731
-            return jax.tree.map(keep, fresh(knobs), states)
-
-        def train(states, knobs, plans, offsets, positions, steps, n_steps, active):
-            fn = lambda s, k, p, o, q, t, a, d: step.train_round(  # noqa: E731
-                model, s, k._replace(**static), d, p, o, q, t, n_steps, a
-            )
-            return map_members(strategy, fn, [states, knobs, plans, offsets, positions, steps, active], [data])
-
-        def evaluate(states, knobs, ranges, active):
-            def one(s, k, r, a, d):
-                k = k._replace(**static)
-                val = step.evaluate(model, s, k, d, r[0], r[1], *val_plan, a)
-                test = step.evaluate(model, s, k, d, r[2], r[3], *test_plan, a)
-                return jnp.stack([val, test])
-
-            return map_members(strategy, one, [states, knobs, ranges, active], [data])
-
-        if self.config.devices > 1:
-            init, train, evaluate = (_sharded(f, self.config.devices, shared) for f, shared in
-                                     ((init, ()), (train, (6,)), (evaluate, ())))
-        start = time.perf_counter()
-        # The first states come from the refill program itself (every slot refilled over
-        # zeros): one initialization program to compile per cohort, not two.
-        zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(fresh, knobs))
-        everyone = np.ones(len(jax.tree.leaves(knobs)[0]), bool)
-        # XLA's default options: at backend optimization level 0 this program compiles in
-        # a third of the time, but initial weights come out 1 ulp away from the
-        # single-model reference's (which this program matches bitwise).
-        self._init = jax.jit(init, donate_argnums=(1,)).lower(knobs, zeros, everyone).compile()
-        states = self._init(knobs, zeros, everyone)
-        self._programs = (train, evaluate)
-        self.compile_seconds += time.perf_counter() - start
-        self.footprint = 0
-        self._compile(states, knobs)
-        return states
-
-    def _compile(self, states, knobs) -> None:
-        """Compiles the train and evaluate programs for ``self.n_slots`` slots."""
-        start = time.perf_counter()
-        train, evaluate = self._programs
-        self._train = jax.jit(train, donate_argnums=(0,))
-        self._eval = jax.jit(evaluate)
-        n = self.n_slots
-        example = (
-            states,
-            knobs,
-            np.zeros((n, self.max_steps, self.batch_size), np.int32),
-            np.zeros(n, np.int32),
-            np.zeros(n, np.int32),
-            np.zeros(n, np.int32),
-            np.int32(1),
-            np.ones(n, bool),
-        )
-        self._train = self._train.lower(*example).compile()
-        self._eval = self._eval.lower(states, knobs, np.zeros((n, 4), np.int32), np.ones(n, bool)).compile()
-        self.compile_seconds += time.perf_counter() - start
-        self.footprint = max(self.footprint, _footprint(self._train), _footprint(self._eval))
-
-    def _compact(self, slots, states, knobs, plans, ranges):
-        """A narrower cohort: the active slots moved to the front of a new, compiled width.
-
-        For ``vmap`` cohorts, whose every slot costs a member's compute: once no member
-        is pending and at most half the slots are busy, the busy ones move to a program
-        half as wide (or narrower), paying one compile to stop computing idle slots.
-        The members continue from their exact state (``map`` skips idle slots anyway).
-        """
-        devices = self.config.devices
-        busy = [i for i, s in enumerate(slots) if s is not None]
-        width = max(self.min_per_device, -(-len(busy) // devices)) * devices
-        idle = [i for i, s in enumerate(slots) if s is None][: width - len(busy)]
-        rows = np.array(busy + idle)
-        take = lambda x: x[rows]  # noqa: E731
-        states = jax.tree.map(take, states)
-        knobs = jax.tree.map(take, knobs)
-        self.n_slots = width
-        self.compactions += 1
-        self._compile(states, knobs)
-        return [slots[i] for i in rows], states, knobs, plans[rows], ranges[rows]
-
-    def _should_compact(self, slots) -> bool:
-        busy = sum(s is not None for s in slots)
-        return (
-            self.config.compact
-            and self.strategy.batching == "vmap"
-            and not self.pending
-            and 0 < busy <= self.n_slots // 2
-            and self.n_slots > self.min_per_device * self.config.devices
-        )
-
-    # -- members entering and leaving slots -------------------------------------------
-    def _start(self, member_id: int) -> _Slot:
-        member = self.members[member_id]
-        placement = self.placements[member.dataset]
-        steps_per_epoch = placement.train[1] // member.batch_size
-        if steps_per_epoch < 1:
-            raise ConfigError(
-                f"member {member_id}: dataset {member.dataset} has {placement.train[1]} training "
-                f"images, fewer than batch_size={member.batch_size}; use a smaller batch size"
-            )
-        classes = self.classes[member.dataset]
-        arch = Architecture.of(member, classes)
-        return _Slot(member_id, member, arch, part_label(member, classes), placement, steps_per_epoch,
-                     self.writer.spill(member_id))
-
-    def _knobs(self, slot: _Slot) -> step.Knobs:
-        return knobs_of(slot.config, MemberShape.of(slot.arch) if self.program.padded else None)
-
-    def _plan(self, slot: _Slot) -> np.ndarray:
-        order = step.epoch_order(
-            slot.config.seed, slot.epoch, slot.placement.train[1], slot.config.batch_size
-        )
-        plan = np.zeros((self.max_steps, self.batch_size), np.int32)
-        plan[: len(order)] = order
-        return plan
-
-    def _export(self, slot: _Slot, tree) -> None:
-        """Appends the member's weights and statistics, at its own architecture, to its spill file."""
-        self.writer.fault("export")
-        if self.program.padded:
-            tree = jax.tree.map(lambda collection: crop(collection, self.arch, slot.arch), tree,
-                                is_leaf=lambda x: isinstance(x, dict))
-        slot.spill.append(tree)
-
-    def _finish(self, slot: _Slot, status: str, reason: str, final_tree) -> None:
-        if status == "diverged":
-            self._export(slot, final_tree)  # the last finite weights close the record
-        self.writer.finish_member(
-            slot.member, slot.config.to_dict(), cohort=slot.part, arch=slot.arch, spill=slot.spill,
-            curves=slot.curves, epochs=slot.epoch, steps=slot.steps, status=status, reason=reason,
-            snapshots=self.config.snapshots,
-        )
-
-    # -- the loop ------------------------------------------------------------------
-    def _fill(self):
-        """Slots filled from the pending members, their knobs stacked, programs compiled."""
-        slots: list[_Slot | None] = [
-            self._start(self.pending.pop(0)) if self.pending else None for _ in range(self.n_slots)
-        ]
-        knobs = _stack([self._knobs(s or slots[0]) for s in slots])
-        return slots, knobs, self._build(knobs)
-
-    def run(self) -> None:
-        slots, knobs, states = self._fill()
-        budget = self.config.memory_budget or default_memory_budget()
-        devices = self.config.devices
-        if self.footprint > budget and self.n_slots > self.min_per_device * devices:
-            # Fewer members at once: the per-member share of the measured footprint
-            # (an upper bound, as part of it is shared) decides how many fit.
-            per_member = self.footprint / self.n_slots
-            fit = max(self.min_per_device * devices, int(budget // per_member) // devices * devices)
-            self.pending[:0] = [s.member for s in slots if s is not None]
-            self.n_slots = fit
-            slots, knobs, states = self._fill()
-        self.initial_slots = self.n_slots
-        host = jax.device_get((states.params, states.batch_stats))
-        for i, slot in enumerate(slots):
-            if slot is not None:
-                self._export(slot, jax.tree.map(lambda x: x[i], host))
-        plans = np.stack([self._plan(s) if s else np.zeros((self.max_steps, self.batch_size), np.int32) for s in slots])
-        ranges = np.array([[*s.placement.val, *s.placement.test] if s else [0] * 4 for s in slots], np.int32)
-        while any(s is not None for s in slots):
-            active = np.array([s is not None for s in slots])
-            n_steps = min(s.steps_per_epoch - s.position for s in slots if s is not None)
-            states, out = self._train(
-                states,
-                knobs,
-                plans,
-                np.array([s.placement.train[0] if s else 0 for s in slots], np.int32),
-                np.array([s.position if s else 0 for s in slots], np.int32),
-                np.array([s.steps if s else 0 for s in slots], np.int32),
-                np.int32(n_steps),
-                active,
-            )
-            out = jax.device_get(out)
-            computed = n_steps * (len(slots) if self.strategy.batching != "map" else int(active.sum()))
-            self.slot_steps += computed
-            self.computed_flops += computed * train_flops(self.arch, self.batch_size)
-            ended = np.zeros(len(slots), bool)
-            diverged = []
-            for i, slot in enumerate(slots):
-                if slot is None:
-                    continue
-                done = int(out.steps_done[i])
-                slot.position += done
-                slot.steps += done
-                slot.loss_sum += float(out.loss_sum[i])
-                slot.correct_sum += float(out.correct_sum[i])
-                self.member_steps += done
-                self.images += done * self.batch_size
-                self.useful_flops += done * train_flops(slot.arch, self.batch_size)
-                if not bool(out.healthy[i]):
-                    diverged.append(i)
-                elif slot.position == slot.steps_per_epoch:
-                    ended[i] = True
-            if ended.any() or diverged:
-                host = jax.device_get((states.params, states.batch_stats))
-            if ended.any():
-                accuracy = jax.device_get(self._eval(states, knobs, ranges, ended))
-            refill = np.zeros(len(slots), bool)
-            for i, slot in enumerate(slots):
-                if slot is None or not (ended[i] or i in diverged):
-                    continue
-                tree = jax.tree.map(lambda x: x[i], host)
-                if i in diverged:
-                    self._finish(slot, "diverged", "non-finite loss or weights", tree)
-                else:
-                    finished = self._end_epoch(slot, accuracy[i], tree)
-                    if not finished:
-                        plans[i] = self._plan(slot)
-                        knobs.lrate[i] = optim.epoch_lrate(slot.config.lrate, slot.epoch)
-                        continue
-                slots[i] = None
-                if self.pending:
-                    slots[i] = self._start(self.pending.pop(0))
-                    knobs = _replace(knobs, i, self._knobs(slots[i]))
-                    plans[i] = self._plan(slots[i])
-                    ranges[i] = [*slots[i].placement.val, *slots[i].placement.test]
-                    refill[i] = True
-            if refill.any():
-                states = self._init(knobs, states, refill)
-                host = jax.device_get((states.params, states.batch_stats))
-                for i in np.flatnonzero(refill):
-                    self._export(slots[i], jax.tree.map(lambda x: x[i], host))
-            if self._should_compact(slots):
-                slots, states, knobs, plans, ranges = self._compact(slots, states, knobs, plans, ranges)
-            self.progress(self, slots)
-
-    def _end_epoch(self, slot: _Slot, accuracy, tree) -> bool:
-        """Records the epoch that just ended; returns True when the member is finished."""
-        n_val, n_test = slot.placement.val[1], slot.placement.test[1]
-        steps = slot.steps_per_epoch
-        slot.epoch += 1
-        slot.curves.append(
-            {
-                "member": slot.member,
-                "epoch": slot.epoch,
-                "steps": slot.steps,
-                "lrate": optim.epoch_lrate(slot.config.lrate, slot.epoch - 1),
-                "train_loss": slot.loss_sum / steps,
-                "train_acc": slot.correct_sum / (steps * slot.config.batch_size),
-                "val_acc": float(accuracy[0]) / max(n_val, 1),
-                "test_acc": float(accuracy[1]) / max(n_test, 1),
-            }
-        )
-        slot.val_history.append(slot.curves[-1]["val_acc"])
-        slot.position, slot.loss_sum, slot.correct_sum = 0, 0.0, 0.0
-        self._export(slot, tree)
-        reason = stop_reason(slot.val_history, self.config.stopping)
-        if reason is not None:
-            self._finish(slot, "finished", reason, tree)
-            return True
-        return False
-
-
-def eval_plan(counts: Sequence[int], most: int) -> tuple[int, int]:
-    """``(chunk, n_chunks)`` that evaluate splits of ``counts`` images in static chunks.
-
-    The fewest chunks of at most ``most`` images, then the smallest chunk that covers
-    the largest split: a 359-image split is one chunk of 359, not 500 with 141 padded.
+    With one, XLA drops the trip-count-1 member loop and fuses the step differently
+    (float32-apart weights). With 2 or more every member runs the same loop body at
+    any width, so results are bitwise independent of population size, devices and
+    resumption.
     """
-    largest = max(max(counts), 1)
-    n_chunks = math.ceil(largest / most)
-    return math.ceil(largest / n_chunks), n_chunks
+    least = 1 if run.strategy.batching == "vmap" else 2
+    return max(least, -(-members // run.config.devices)) * run.config.devices
 
 
-def _footprint(compiled) -> int:
-    """Bytes a compiled program holds at once: arguments, outputs and temporaries."""
-    stats = compiled.memory_analysis()
-    if stats is None:
-        return 0
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-               - stats.alias_size_in_bytes)
+def _cohort_shape(run: _Run, program: Program) -> CohortShape:
+    """The cohort's static shapes and specializations, from the whole program.
 
-
-def default_memory_budget() -> float:
-    """80% of the first local device's memory; on CPU half of the host's RAM."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return 0.8 * stats["bytes_limit"]
-    return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _sharded(fn: Callable, devices: int, shared: tuple[int, ...]) -> Callable:
-    """``fn`` over a ``("pop",)`` mesh: member-axis arguments split across devices.
-
-    Every argument is split along its leading (member) axis except those at
-    positions ``shared`` (scalars), and the dataset, which ``fn`` closes over and
-    every device holds whole.
+    ``program.members`` are every process's members, committed ones included, so a
+    resumed rest or one process's share compiles the very program the uninterrupted
+    run did.
     """
-    from jax.sharding import PartitionSpec as P
-
-    mesh = jax.make_mesh(
-        (devices,), ("pop",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.local_devices()[:devices]
+    members = [run.members[i] for i in program.members]
+    used = {m.dataset for m in members}
+    batch_size = members[0].batch_size
+    placements = [run.placements[d] for d in used]
+    return CohortShape(
+        model=NWSNet(program.arch, conv_impl=run.strategy.conv, padded=program.padded),
+        static=shared_knobs(members),
+        batch_size=batch_size,
+        max_steps=max(p.train[1] // batch_size for p in placements),
+        eval_plans=(eval_plan([p.val[1] for p in placements], run.config.eval_chunk),
+                    eval_plan([p.test[1] for p in placements], run.config.eval_chunk)),
+        devices=run.config.devices,
     )
 
-    def wrapped(*args):
-        specs = tuple(
-            P() if i in shared or a is None else jax.tree.map(lambda _: P("pop"), a)
-            for i, a in enumerate(args)
-        )
-        return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P("pop"), check_vma=False)(*args)
 
-    return wrapped
+def _new_slot(run: _Run, member_id: int) -> Slot:
+    """The slot of a member starting to train (its spill file created empty)."""
+    member = run.members[member_id]
+    placement = run.placements[member.dataset]
+    steps_per_epoch = placement.train[1] // member.batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"member {member_id}: dataset {member.dataset} has {placement.train[1]} training "
+            f"images, fewer than batch_size={member.batch_size}; use a smaller batch size"
+        )
+    classes = run.classes[member.dataset]
+    return Slot(member_id, member, Architecture.of(member, classes), part_label(member, classes), placement,
+                steps_per_epoch, run.writer.spill(member_id))
+
+
+def _slot_knobs(program: Program, slot: Slot) -> step.Knobs:
+    return knobs_of(slot.config, MemberShape.of(slot.arch) if program.padded else None)
+
+
+def _seat_first(run: _Run, program: Program, pending: Sequence[int], width: int, shape: CohortShape) -> Schedule:
+    """A schedule of ``width`` slots holding the first ``width`` pending members."""
+    slots = [_new_slot(run, i) for i in pending[:width]]
+    slots += [None] * (width - len(slots))
+    empty = np.zeros((shape.max_steps, shape.batch_size), np.int32)
+    return Schedule(
+        slots=tuple(slots),
+        pending=tuple(pending[width:]),
+        knobs=_stack([_slot_knobs(program, s or slots[0]) for s in slots]),
+        plans=np.stack([epoch_plan(s, shape.max_steps, shape.batch_size) if s else empty for s in slots]),
+        ranges=np.array([[*s.placement.val, *s.placement.test] if s else [0] * 4 for s in slots], np.int32),
+    )
+
+
+def _open_cohort(run: _Run, program: Program, ids: Sequence[int], width: int):
+    """Compiled programs, first states and schedule of a cohort: ``(programs, states, schedule)``.
+
+    ``width``: this process's share of the whole program (committed members included),
+    so a resumed rest trains at the width of the uninterrupted run. A cohort whose
+    measured footprint exceeds the memory budget trains fewer members at once,
+    refilling slots as members finish, instead of failing.
+    """
+    shape = _cohort_shape(run, program)
+    n = _width(min(width, run.config.max_slots), run)
+    spent = 0.0
+    while True:
+        schedule = _seat_first(run, program, ids, n, shape)
+        programs = CohortPrograms(shape, run.strategy, run.data)
+        programs.compile_seconds = spent
+        states = programs.first_states(schedule.knobs)
+        programs.compile(states, schedule.knobs)
+        budget = run.config.memory_budget or default_memory_budget()
+        if programs.footprint <= budget or n <= _width(1, run):
+            return programs, states, schedule
+        # The per-member share of the measured footprint (an upper bound, as part of it
+        # is shared) decides how many fit.
+        devices = run.config.devices
+        n = max(_width(1, run), int(budget // (programs.footprint / n)) // devices * devices)
+        spent = programs.compile_seconds
+
+
+def _export(run: _Run, program: Program, slot: Slot, tree) -> None:
+    """Appends ``tree`` (params, batch_stats), cut to the member's own architecture, to its spill file."""
+    run.writer.fault("export")
+    if program.padded:
+        tree = tuple(crop(collection, program.arch, slot.arch) for collection in tree)
+    slot.spill.append(tree)
+
+
+def _export_seated(run: _Run, program: Program, states, schedule: Schedule, rows: np.ndarray) -> None:
+    """Exports the initial weights of the members just seated at ``rows`` (bool ``[n]``)."""
+    host = jax.device_get((states.params, states.batch_stats))
+    for i in np.flatnonzero(rows):
+        _export(run, program, schedule.slots[i], jax.tree.map(lambda x: x[i], host))
+
+
+def _finish(run: _Run, slot: Slot, status: str, reason: str) -> None:
+    run.writer.finish_member(
+        slot.member, slot.config.to_dict(), cohort=slot.part, arch=slot.arch, spill=slot.spill,
+        curves=slot.curves, epochs=slot.epoch, steps=slot.steps, status=status, reason=reason,
+        snapshots=run.config.snapshots,
+    )
+
+
+def _handle_events(run: _Run, program: Program, programs: CohortPrograms, states, schedule: Schedule,
+                   events: Events):
+    """After a round: epochs closed (evaluated, exported, maybe stopped), diverged members
+    finished, and every freed slot refilled from the pending members. Returns ``(states, schedule)``."""
+    host = jax.device_get((states.params, states.batch_stats))
+    if events.ended.any():
+        correct = jax.device_get(programs.evaluate(states, schedule.knobs, schedule.ranges, events.ended))
+    refill = np.zeros(len(schedule.slots), bool)
+    for i in np.flatnonzero(events.ended | events.diverged):
+        slot, tree = schedule.slots[i], jax.tree.map(lambda x: x[i], host)
+        if events.diverged[i]:
+            _export(run, program, slot, tree)  # the last finite weights close the record
+            _finish(run, slot, "diverged", "non-finite loss or weights")
+        else:
+            slot = close_epoch(slot, correct[i])
+            _export(run, program, slot, tree)
+            reason = stop_reason(slot.val_history, run.config.stopping)
+            if reason is None:
+                schedule = next_epoch(schedule, i, slot)
+                continue
+            _finish(run, slot, "finished", reason)
+        schedule = vacate(schedule, i)
+        if schedule.pending:
+            seated = _new_slot(run, schedule.pending[0])
+            schedule = seat(schedule, i, seated, _slot_knobs(program, seated))
+            refill[i] = True
+    if refill.any():
+        states = programs.init(schedule.knobs, states, refill)
+        _export_seated(run, program, states, schedule, refill)
+    return states, schedule
+
+
+def _count(stats: CohortStats, program: Program, schedule: Schedule, inputs: RoundInputs, out, run: _Run) -> None:
+    """Adds a round's work: member steps and their FLOPs, and what the program computed."""
+    batch_size = schedule.plans.shape[2]
+    for i, slot in enumerate(schedule.slots):
+        if slot is not None:
+            done = int(out.steps_done[i])
+            stats.member_steps += done
+            stats.images += done * batch_size
+            stats.useful_flops += done * train_flops(slot.arch, batch_size)
+    computed = int(inputs.n_steps) * (len(schedule.slots) if run.strategy.batching != "map" else int(inputs.active.sum()))
+    stats.slot_steps += computed
+    stats.computed_flops += computed * train_flops(program.arch, batch_size)
+
+
+def _should_compact(run: _Run, schedule: Schedule) -> bool:
+    """A ``vmap`` cohort, no member pending, at most half its slots busy: a narrower program pays."""
+    busy_slots = sum(s is not None for s in schedule.slots)
+    n = len(schedule.slots)
+    return (run.config.compact and run.strategy.batching == "vmap" and not schedule.pending
+            and 0 < busy_slots <= n // 2 and n > _width(1, run))
+
+
+def train_cohort(run: _Run, program: Program, ids: Sequence[int], width: int,
+                 progress: Callable[[CohortStats, Schedule], None]) -> CohortStats:
+    """Trains the members ``ids`` of ``program`` to the end, writing each to the zoo as it finishes."""
+    programs, states, schedule = _open_cohort(run, program, ids, width)
+    stats = CohortStats(slots=len(schedule.slots))
+    _export_seated(run, program, states, schedule, np.array([s is not None for s in schedule.slots]))
+    while busy(schedule):
+        inputs = round_inputs(schedule)
+        states, out = programs.train(states, schedule.knobs, *inputs)
+        schedule, events = absorb(schedule, jax.device_get(out))
+        _count(stats, program, schedule, inputs, out, run)
+        if events.ended.any() or events.diverged.any():
+            states, schedule = _handle_events(run, program, programs, states, schedule, events)
+        if _should_compact(run, schedule):
+            busy_slots = sum(s is not None for s in schedule.slots)
+            schedule, rows = compact(schedule, _width(busy_slots, run))
+            states = jax.tree.map(lambda x: x[rows], states)
+            programs.compile(states, schedule.knobs)
+            stats.compactions += 1
+        progress(stats, schedule)
+    stats.compile_seconds, stats.footprint = programs.compile_seconds, programs.footprint
+    return stats
 
 
 def _snapshot_shapes(member: MemberConfig, num_classes: int, snapshots: int):
@@ -608,12 +448,6 @@ def _snapshot_shapes(member: MemberConfig, num_classes: int, snapshots: int):
     state = jax.eval_shape(lambda k: step.init_member(model, k), knobs_of(member))
     stacked = lambda x: jax.ShapeDtypeStruct((snapshots, *x.shape), x.dtype)  # noqa: E731
     return {"params": jax.tree.map(stacked, state.params), "batch_stats": jax.tree.map(stacked, state.batch_stats)}
-
-
-def _replace(knobs: step.Knobs, index: int, new: step.Knobs) -> step.Knobs:
-    for stacked, value in zip(jax.tree.leaves(knobs), jax.tree.leaves(new)):
-        stacked[index] = value
-    return knobs
 
 
 def train_population(
@@ -651,6 +485,7 @@ def train_population(
     strategy = config.strategy or default_strategy()
     data, placements = place_datasets(datasets)
     classes = {name: dataset.num_classes for name, dataset in datasets.items()}
+    run = _Run(members, classes, placements, data, config, strategy, writer)
     programs = plan_population(members, {name: p.train[1] for name, p in placements.items()}, classes, config)
     mine = set(range(len(members)) if assigned is None else assigned)
     start = time.perf_counter()
@@ -658,11 +493,12 @@ def train_population(
     counters = {"members": report.members, "finished": 0, "cohorts": len(programs), "cohort": 0}
     resumed = len(mine & set(writer.committed))
 
-    def progress(cohort: _Cohort, slots) -> None:
+    def progress(cohort: CohortStats, schedule: Schedule) -> None:
+        slots = [s for s in schedule.slots if s is not None]
         counters.update(
-            active=sum(s is not None for s in slots),
+            active=len(slots),
             member_steps=report.member_steps + cohort.member_steps,
-            member_epochs=writer.committed_epochs + writer.epochs_recorded + sum(s.epoch for s in slots if s),
+            member_epochs=writer.committed_epochs + writer.epochs_recorded + sum(s.epoch for s in slots),
             finished=resumed + writer.members_added,
             seconds=time.perf_counter() - start,
         )
@@ -677,10 +513,7 @@ def train_population(
         parts = _parts(program, members, classes)
         report.programs[program.label] = sorted(parts)
         if ids:
-            cohort = _Cohort(program, ids, members, data, placements, config, strategy, writer, progress,
-                             len(share), classes)
-            cohort.run()
-            report.add_cohort(program.label, cohort)
+            report.add_cohort(program.label, train_cohort(run, program, ids, len(share), progress))
         for label in sorted(parts):
             first = members[parts[label]]
             like = _snapshot_shapes(first, classes[first.dataset], config.snapshots) if writer.processes > 1 else None

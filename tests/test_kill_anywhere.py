@@ -36,9 +36,13 @@ pytestmark = pytest.mark.slow
 
 COMMON = ["--dataset", "digits", "--max-images", "200", "--epochs", "2", "--min-epochs", "2", "--snapshots", "3",
           "--max-slots", "2", "--members-per-part", "1", "--quiet"]
-# Conv width sampled from 4/8/12: three architectures, three cohorts (seed 7 draws all three).
-MIXED = ["--members", "6", "--seed", "7", *COMMON,
+# Conv width sampled from 4/8/12: three architectures, three cohorts (seed 7 draws all three),
+# at their own shapes, so the kills land between three programs' commits.
+MIXED = ["--members", "6", "--seed", "7", *COMMON, "--pad-architectures", "none",
          "--set", "filter_size=3,depth_conv=3,depth_fc=2,width_fc=64,batch_norm=off,batch_size=32"]
+# The same members padded into one program, two slots refilled as members finish.
+PADDED = [*MIXED[: MIXED.index("--pad-architectures")], "--pad-architectures", "all",
+          *MIXED[MIXED.index("--pad-architectures") + 2 :]]
 FIXED = ["--members", "4", "--seed", "6", *COMMON,
          "--set", "filter_size=3,depth_conv=3,depth_fc=2,width_conv=4,width_fc=64,batch_norm=on,batch_size=32"]
 KILLS = {"mixed": 10, "fixed": 3}  # kills that must land, per population
@@ -129,6 +133,21 @@ def test_second_live_writer_is_refused(uninterrupted, tmp_path):
             ZooWriter(out)
     finally:
         lock.release()
+
+
+def test_padded_program_killed_between_commits_resumes_to_the_same_zoo(tmp_path, env):
+    """Three architectures in one padded program: killed once its first two members are
+    committed (the third one's rows written, its checkpoint not), then resumed."""
+    whole = tmp_path / "whole"
+    rc, _, err = finish(population(whole, env=env, args=PADDED))
+    assert rc == 0, err[-3000:]
+    assert list(read_info(whole)["programs"]) == ["pad-f3-c3-d2-w12-u64-nobn-b32"]
+    out = tmp_path / "killed"
+    rc, _, err = finish(population(out, env=env, args=PADDED, fault="part-rows-written:3:kill"))
+    assert rc != 0 and len(committed_members(out)) == 2, err[-3000:]
+    rc, _, err = finish(population(out, "--resume", env=env, args=PADDED))
+    assert rc == 0, err[-3000:]
+    assert_same_zoo(open_zoo(out), open_zoo(whole))
 
 
 def test_resume_of_a_run_killed_before_its_zoo_existed_starts_over(uninterrupted, tmp_path, env):
