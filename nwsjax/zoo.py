@@ -48,8 +48,9 @@ from nwsjax.model import Architecture
 from nwsjax.space import PROPERTY_NAMES
 
 __all__ = [
-    "FORMAT", "VERSION", "ZooWriter", "Spill", "Zoo", "open_zoo", "read_info", "snapshot_exports",
+    "FORMAT", "VERSION", "ZooWriter", "PartWriter", "member_record", "Spill", "Zoo", "open_zoo", "read_info", "snapshot_exports",
     "lock_zoo", "never_started", "WeightSource", "check_ids", "check_snapshot", "one_architecture",
+    "stack_vectors",
     "DEFAULT_READ_CACHE_BYTES",
 ]
 
@@ -108,37 +109,33 @@ def software_versions() -> dict[str, str]:
 
 
 class ZooWriter:
-    """Writes a zoo while its population trains, one committed part at a time.
+    """Writes a zoo while its population trains: the zoo's lifecycle around a :class:`PartWriter`.
 
-    Members arrive one at a time (:meth:`add_member`) as they finish; they are
-    buffered per cohort and written as Orbax checkpoints of ``members_per_part``
-    members. A part is *committed* once its Orbax folder is final (Orbax writes into a
-    temporary folder and renames it when done); its members-table rows and curves are
-    written just before, atomically, as ``part-NNNNN.rows-P.json`` beside it (P: the
-    writing process). What a killed run leaves behind is therefore a set of committed
-    parts plus, at most, uncommitted leftovers, which attaching to the zoo again
-    removes: that is what ``--resume`` does. :meth:`close` gathers the tables from the
-    committed parts and marks the zoo complete.
-
-    Several processes (a multi-host run) write one zoo together through Orbax's
-    multi-host checkpointing: a cohort's parts are written when every process has
-    finished its share of the cohort (:meth:`flush_cohort`, collective), each part one
-    global array whose rows ``[p * m, (p + 1) * m)`` are process ``p``'s members
-    (``m = members_per_part``, unused rows zero), each process writing its own rows.
+    A new writer starts a zoo (zoo.json, status "running") or attaches to a running one
+    (a resumed run, or a process other than 0 of a multi-host run), under the writer
+    lock (:func:`lock_zoo`), and takes over what is on disk: committed parts stay,
+    uncommitted leftovers go (:func:`_take_over`). A member trains with its exports in
+    a scratch file (:meth:`spill`); once it stops, :meth:`finish_member` turns them into
+    its members-table row and K snapshots, which ``parts`` (a :class:`PartWriter`)
+    commits part by part. A killed run therefore leaves committed parts plus, at most,
+    leftovers that attaching again removes: that is what ``--resume`` does.
+    :meth:`close` gathers the tables from the committed parts and marks the zoo
+    complete; :meth:`detach` stops writing and leaves the zoo running.
 
     Args:
       path: the zoo folder.
-      run_config: given, a new zoo is started (zoo.json written, status "running");
-        None, the writer attaches to the running zoo at ``path`` (a resumed run, or a
-        process other than 0 of a multi-host run) and takes over its committed parts.
-      members_per_part: members (per process) per Orbax checkpoint.
-      process, processes: this process's index and the number of processes.
+      run_config: given, a new zoo is started; None, the writer attaches to the running
+        zoo at ``path`` and takes over its committed parts.
+      members_per_part, process, processes: see :class:`PartWriter`.
       fault: called with the name of each point where a kill or a write error can hit
         (``"export"``, ``"part-rows-written"``, ``"part-save-started"``,
         ``"tables-written"``); the interruption tests pass one that kills the process
         or raises ``OSError(ENOSPC)`` there. None: nothing.
 
-    Only one live process per index writes a zoo (:func:`lock_zoo`).
+    Attributes:
+      committed: ids of the members committed before this writer started;
+        committed_epochs: their epochs.
+      info: the contents of zoo.json.
     """
 
     def __init__(
@@ -151,75 +148,27 @@ class ZooWriter:
         processes: int = 1,
         fault: Callable[[str], None] | None = None,
     ):
-        import orbax.checkpoint as ocp
-
         self.path = Path(path)
-        self.members_per_part = members_per_part
         self.process, self.processes = process, processes
         self.work = self.path / "work" / f"process-{process}"
         self.fault = fault or (lambda point: None)
         if run_config is not None:
             self.path.mkdir(parents=True, exist_ok=True)
         self._lock = lock_zoo(self.path, process)
-        if run_config is not None:
-            self.info = {
-                "format": FORMAT,
-                "version": VERSION,
-                "status": "running",
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "config": dict(run_config),
-                "versions": software_versions(),
-            }
-            _write_json(self.path / "zoo.json", self.info)
-            (self.path / "snapshots").mkdir(exist_ok=True)
-        else:
-            self.info = read_info(self.path, running=True)
-        self._checkpointer = ocp.StandardCheckpointer()
-        self._buffers: dict[str, list] = {}
-        self._next_part: dict[str, int] = {}
-        self.committed_epochs = 0
-        self.committed = self._take_over()
-        self._written = 0
-        self._epochs = 0
-
-    # -- what is on disk ---------------------------------------------------------------
-    def _take_over(self) -> set[int]:
-        """Removes uncommitted leftovers; returns the committed member ids.
-
-        A run can be killed at any instruction, so everything it may leave is either
-        committed (a part whose Orbax folder is final, with its rows file) and reused,
-        or removed here: this process's rows files of parts that never committed, its
-        scratch folder (exports of members that were training: they train again from
-        their start), half-written ``*.tmp`` files, and (process 0) Orbax's temporary
-        folders. Every process sees the same committed parts.
-        """
-        committed: set[int] = set()
-        shutil.rmtree(self.work, ignore_errors=True)
-        self.work.mkdir(parents=True)
-        for leftover in self.path.glob(f"snapshots/*/part-*.rows-{self.process}.json*"):
-            if leftover.name.endswith(".tmp") or not _part_dir(leftover).is_dir():
-                leftover.unlink()  # its checkpoint never committed: its members train again
-        for part_dir, rows in _committed_rows(self.path):
-            committed.update(int(r["member"]) for r in rows["members"])
-            self.committed_epochs += len(rows["curves"])
-            number, cohort = int(part_dir.name.split("-")[1]), part_dir.parent.name
-            self._next_part[cohort] = max(self._next_part.get(cohort, 0), number + 1)
-        if self.process == 0:
-            for leftover in self.path.glob("snapshots/*/part-*.orbax-checkpoint-tmp*"):
-                shutil.rmtree(leftover, ignore_errors=True)
-            for leftover in self.path.glob("*.tmp"):
-                leftover.unlink(missing_ok=True)
-        return committed
+        self.info = _start(self.path, run_config) if run_config is not None else read_info(self.path, running=True)
+        self.committed, self.committed_epochs, next_part = _take_over(self.path, process, self.work)
+        self.parts = PartWriter(self.path, members_per_part=members_per_part, process=process, processes=processes,
+                                fault=self.fault, next_part=next_part)
 
     @property
     def members_added(self) -> int:
         """Members added through this writer (not counting those committed before it started)."""
-        return self._written
+        return self.parts.members_added
 
     @property
     def epochs_recorded(self) -> int:
         """Epochs of the members added through this writer."""
-        return self._epochs
+        return self.parts.epochs_recorded
 
     def spill(self, member: int) -> Spill:
         """A new, empty scratch file for ``member``'s exports while it trains."""
@@ -243,42 +192,104 @@ class ZooWriter:
         """Adds a member that stopped training: its row, its K snapshots out of its exports, its curves.
 
         Args:
-          member: its id; properties: its hyper-parameters (``MemberConfig.to_dict()``).
-          cohort, arch: the cohort it trained in and its architecture.
+          member, properties, cohort, arch, curves, epochs, steps, status, reason: its
+            members-table row, as :func:`member_record` takes them.
           spill: its exports (the initialization, then one per epoch); discarded here.
-          curves: its per-epoch rows; epochs, steps: what it trained.
-          status, reason: ``"finished"`` or ``"diverged"``, and why it stopped.
           snapshots: K, the evenly spaced exports kept (:func:`snapshot_exports`).
         """
         import jax
 
         picks = snapshot_exports(spill.count, snapshots)
-        last = curves[-1] if curves else {}
-        counts = count_weights(arch)
-        record = {
-            "member": member,
-            **properties,
-            "architecture": arch.label(),
-            "cohort": cohort,
-            "weightn_conv": counts["conv"],
-            "weightn_fc": counts["fc"],
-            "epochs": epochs,
-            "steps": steps,
-            "exports": spill.count,
-            "snapshot_exports": [int(p) for p in picks],
-            "status": status,
-            "stop_reason": reason,
-            **{key: last.get(key, float("nan")) for key in ("train_loss", "train_acc", "val_acc", "test_acc")},
-        }
+        record = member_record(member, properties, cohort=cohort, arch=arch, exports=spill.count, picks=picks,
+                               curves=curves, epochs=epochs, steps=steps, status=status, reason=reason)
         kept = jax.tree.map(lambda rows: rows[picks - 1], spill.read())
-        self.add_member(cohort, arch, record, kept, curves)
+        self.parts.add_member(cohort, arch, record, kept, curves)
         spill.discard()
+
+    def add_member(self, cohort: str, arch: Architecture, record: dict, snapshots, curves: Sequence[dict]) -> None:
+        """Adds a finished member from its row and snapshots (:meth:`PartWriter.add_member`)."""
+        self.parts.add_member(cohort, arch, record, snapshots, curves)
+
+    def flush_cohort(self, cohort: str, like=None) -> None:
+        """Writes the buffered members of ``cohort`` as parts (:meth:`PartWriter.flush_cohort`)."""
+        self.parts.flush_cohort(cohort, like)
+
+    def wait(self) -> None:
+        """Writes what is buffered and waits until every part of this process is committed."""
+        self.parts.wait()
+
+    def detach(self) -> None:
+        """Stops writing without closing the zoo: the writer lock is released.
+
+        For a process other than 0 once its share is committed, and after an error:
+        what is committed stays, the zoo stays "running" (``--resume`` continues it),
+        and in-flight writes are cleaned up by the next writer (:func:`_take_over`).
+        """
+        try:
+            self.parts.close()
+        except Exception:  # noqa: BLE001 - the error that brought us here is the one to report
+            pass
+        self._lock.release()
+
+    def close(self, expected: int | None = None, **summary) -> None:
+        """Writes the tables from every committed part and marks the zoo complete.
+
+        Call after :meth:`wait` (of every process); in a multi-host run, process 0 only.
+        ``expected``: the population size; fewer members on disk is an error.
+        ``summary`` is recorded in zoo.json.
+        """
+        self.parts.close()
+        _write_tables(self.path, expected)
+        self.fault("tables-written")
+        shutil.rmtree(self.work.parent, ignore_errors=True)
+        self.info.update(summary, status="complete")
+        _write_json(self.path / "zoo.json", self.info)
+        self._lock.release()
+
+
+class PartWriter:
+    """Writes finished members into a zoo's ``snapshots`` folder, one committed part at a time.
+
+    Members arrive one at a time (:meth:`add_member`); they are buffered per cohort (the
+    folder ``snapshots/<cohort>``) and written as Orbax checkpoints of
+    ``members_per_part`` members. A part is *committed* once its Orbax folder is final
+    (Orbax writes into a temporary folder and renames it when done); its members-table
+    rows and curves are written just before, atomically, as ``part-NNNNN.rows-P.json``
+    beside it (P: the writing process).
+
+    Several processes (a multi-host run) write one zoo together through Orbax's
+    multi-host checkpointing: a cohort's parts are written when every process has
+    finished its share of the cohort (:meth:`flush_cohort`, collective), each part one
+    global array whose rows ``[p * m, (p + 1) * m)`` are process ``p``'s members
+    (``m = members_per_part``, unused rows zero), each process writing its own rows.
+
+    Args:
+      path: the zoo folder.
+      members_per_part: members (per process) per Orbax checkpoint.
+      process, processes: this process's index and the number of processes.
+      fault: called at ``"part-rows-written"`` and ``"part-save-started"`` (see :class:`ZooWriter`).
+      next_part: per cohort, the number of its next part (after those already committed).
+    """
+
+    def __init__(self, path: Path, *, members_per_part: int, process: int, processes: int,
+                 fault: Callable[[str], None], next_part: Mapping[str, int]):
+        import orbax.checkpoint as ocp
+
+        self.path = path
+        self.members_per_part = members_per_part
+        self.process, self.processes = process, processes
+        self.fault = fault
+        self.members_added = 0
+        self.epochs_recorded = 0
+        self._next_part = dict(next_part)
+        self._buffers: dict[str, list] = {}
+        self._checkpointer = ocp.StandardCheckpointer()
 
     def add_member(self, cohort: str, arch: Architecture, record: dict, snapshots, curves: Sequence[dict]) -> None:
         """Adds a finished member.
 
         Args:
-          record: its members-table row (without ``part`` and ``row``).
+          record: its members-table row (without ``part`` and ``row``; :func:`member_record`).
           snapshots: ``{"params": tree, "batch_stats": tree}`` with leaves ``[K, *shape]``,
             or the pair ``(params, batch_stats)``.
           curves: its per-epoch rows.
@@ -286,8 +297,8 @@ class ZooWriter:
         params, batch_stats = snapshots if isinstance(snapshots, tuple) else (snapshots["params"], snapshots["batch_stats"])
         record = dict(record, num_classes=arch.num_classes)
         self._buffers.setdefault(cohort, []).append((record, {"params": params, "batch_stats": batch_stats}, list(curves)))
-        self._written += 1
-        self._epochs += len(curves)
+        self.members_added += 1
+        self.epochs_recorded += len(curves)
 
         if self.processes == 1 and len(self._buffers[cohort]) >= self.members_per_part:
             self.flush_cohort(cohort)
@@ -361,46 +372,110 @@ class ZooWriter:
             raise RuntimeError(f"cohorts never flushed: {sorted(self._buffers)}")
         self._checkpointer.wait_until_finished()
 
-    def detach(self) -> None:
-        """Stops writing without closing the zoo: the writer lock is released.
-
-        For a process other than 0 once its share is committed, and after an error:
-        what is committed stays, the zoo stays "running" (``--resume`` continues it),
-        and in-flight writes are cleaned up by the next writer (:meth:`_take_over`).
-        """
-        try:
-            self._checkpointer.close()
-        except Exception:  # noqa: BLE001 - the error that brought us here is the one to report
-            pass
-        self._lock.release()
-
-    def close(self, expected: int | None = None, **summary) -> None:
-        """Writes the tables from every committed part and marks the zoo complete.
-
-        Call after :meth:`wait` (of every process); in a multi-host run, process 0 only.
-        ``expected``: the population size; fewer members on disk is an error.
-        ``summary`` is recorded in zoo.json.
-        """
+    def close(self) -> None:
+        """Stops Orbax's checkpointer (after its writes in flight)."""
         self._checkpointer.close()
-        records, curves = [], []
-        for _, rows in _committed_rows(self.path):
-            records += rows["members"]
-            curves += rows["curves"]
-        members = pd.DataFrame(records)
-        if expected is not None and len(members) != expected:
-            raise ZooError(f"{self.path}: {len(members)} of {expected} members committed; resume the run with --resume")
-        if len(members):
-            members = members.set_index("member").sort_index()
-        _write_parquet(self.path / "members.parquet", members)
-        curves = pd.DataFrame(curves)
-        if len(curves):
-            curves = curves.sort_values(["member", "epoch"]).reset_index(drop=True)
-        _write_parquet(self.path / "curves.parquet", curves)
-        self.fault("tables-written")
-        shutil.rmtree(self.work.parent, ignore_errors=True)
-        self.info.update(summary, status="complete")
-        _write_json(self.path / "zoo.json", self.info)
-        self._lock.release()
+
+
+def member_record(member: int, properties: Mapping[str, Any], *, cohort: str, arch: Architecture, exports: int,
+                  picks: np.ndarray, curves: Sequence[dict], epochs: int, steps: int, status: str,
+                  reason: str) -> dict:
+    """A member's members-table row (without ``part`` and ``row``, which its part adds).
+
+    Args:
+      member: its id; properties: its hyper-parameters (``MemberConfig.to_dict()``).
+      cohort, arch: the cohort it trained in and its architecture.
+      exports: how many times it was exported (the initialization, then once per epoch);
+        picks: those kept as its snapshots, 1-based (:func:`snapshot_exports`).
+      curves: its per-epoch rows (the last gives its final losses and accuracies).
+      epochs, steps: what it trained; status, reason: ``"finished"`` or ``"diverged"``, and why it stopped.
+    """
+    last = curves[-1] if curves else {}
+    counts = count_weights(arch)
+    return {
+        "member": member,
+        **properties,
+        "architecture": arch.label(),
+        "cohort": cohort,
+        "weightn_conv": counts["conv"],
+        "weightn_fc": counts["fc"],
+        "epochs": epochs,
+        "steps": steps,
+        "exports": exports,
+        "snapshot_exports": [int(p) for p in picks],
+        "status": status,
+        "stop_reason": reason,
+        **{key: last.get(key, float("nan")) for key in ("train_loss", "train_acc", "val_acc", "test_acc")},
+    }
+
+
+def _start(path: Path, run_config: Mapping[str, Any]) -> dict:
+    """Starts a zoo at ``path``: writes its zoo.json (status "running") and its ``snapshots`` folder."""
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "status": "running",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": dict(run_config),
+        "versions": software_versions(),
+    }
+    _write_json(path / "zoo.json", info)
+    (path / "snapshots").mkdir(exist_ok=True)
+    return info
+
+
+def _take_over(path: Path, process: int, work: Path) -> tuple[set[int], int, dict[str, int]]:
+    """Removes uncommitted leftovers of process ``process`` in the zoo at ``path``.
+
+    A run can be killed at any instruction, so everything it may leave is either
+    committed (a part whose Orbax folder is final, with its rows file) and reused,
+    or removed here: this process's rows files of parts that never committed, its
+    scratch folder ``work`` (exports of members that were training: they train again
+    from their start), half-written ``*.tmp`` files, and (process 0) Orbax's temporary
+    folders. Every process sees the same committed parts.
+
+    Returns:
+      the committed member ids, their epochs, and per cohort the number of its next part.
+    """
+    committed: set[int] = set()
+    epochs, next_part = 0, {}
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for leftover in path.glob(f"snapshots/*/part-*.rows-{process}.json*"):
+        if leftover.name.endswith(".tmp") or not _part_dir(leftover).is_dir():
+            leftover.unlink()  # its checkpoint never committed: its members train again
+    for part_dir, rows in _committed_rows(path):
+        committed.update(int(r["member"]) for r in rows["members"])
+        epochs += len(rows["curves"])
+        number, cohort = int(part_dir.name.split("-")[1]), part_dir.parent.name
+        next_part[cohort] = max(next_part.get(cohort, 0), number + 1)
+    if process == 0:
+        for leftover in path.glob("snapshots/*/part-*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in path.glob("*.tmp"):
+            leftover.unlink(missing_ok=True)
+    return committed, epochs, next_part
+
+
+def _write_tables(path: Path, expected: int | None) -> None:
+    """Writes members.parquet and curves.parquet from every committed part of the zoo at ``path``.
+
+    ``expected``: the population size; fewer members on disk is a ZooError.
+    """
+    records, curves = [], []
+    for _, rows in _committed_rows(path):
+        records += rows["members"]
+        curves += rows["curves"]
+    members = pd.DataFrame(records)
+    if expected is not None and len(members) != expected:
+        raise ZooError(f"{path}: {len(members)} of {expected} members committed; resume the run with --resume")
+    if len(members):
+        members = members.set_index("member").sort_index()
+    _write_parquet(path / "members.parquet", members)
+    curves = pd.DataFrame(curves)
+    if len(curves):
+        curves = curves.sort_values(["member", "epoch"]).reset_index(drop=True)
+    _write_parquet(path / "curves.parquet", curves)
 
 
 class Spill:
@@ -583,6 +658,13 @@ def check_snapshot(snapshot: int | None, num_snapshots: int) -> int:
     return int(snapshot)
 
 
+def stack_vectors(vectors: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """Flat vectors as ``[len(vectors), n_weights]`` when they share a length, else as they are (a list)."""
+    if len({len(v) for v in vectors}) == 1:
+        return np.stack(vectors)
+    return list(vectors)
+
+
 def one_architecture(zoo, ids: Sequence[int]) -> Architecture:
     """The architecture ``ids`` share (``zoo.architecture``); ZooError when they do not."""
     archs = {zoo.architecture(i) for i in ids}
@@ -616,7 +698,8 @@ class _PartReader:
         import tensorstore as ts
         from orbax.checkpoint import type_handlers
 
-        self.context = ts.Context(ts.Context.Spec({"cache_pool": {"total_bytes_limit": int(cache_bytes)}}),
+        self.cache_bytes = int(cache_bytes)
+        self.context = ts.Context(ts.Context.Spec({"cache_pool": {"total_bytes_limit": self.cache_bytes}}),
                                   parent=type_handlers.get_ts_context(use_ocdbt=True))
         self._open: OrderedDict[tuple[Path, str], dict] = OrderedDict()
         self._trees: dict[Path, Any] = {}  # cohort folder -> Orbax metadata of one of its parts
@@ -696,7 +779,8 @@ class Zoo:
       members: pandas DataFrame, one row per member, indexed by member id.
       num_snapshots: K, snapshots per member.
       read_cache_bytes: budget of the cache of decoded snapshot chunks (Orbax stores a
-        part's leaf as one chunk ``[members_in_part, K, *shape]``); set it to change it.
+        part's leaf as one chunk ``[members_in_part, K, *shape]``); a new value takes
+        effect at the next read (a new cache, parts opened again).
     """
 
     def __init__(self, path: Path, info: dict, members: pd.DataFrame, *,
@@ -705,7 +789,7 @@ class Zoo:
         self.info = info
         self.members = members
         self.num_snapshots = int(info["config"]["train"]["snapshots"])
-        self._read_cache_bytes = int(read_cache_bytes)
+        self.read_cache_bytes = int(read_cache_bytes)
         self._reader: _PartReader | None = None
         self._architectures: dict[int, Architecture] = {}
         self._moving_stats: dict[int, bool] = {}
@@ -737,8 +821,7 @@ class Zoo:
         ``weightn_conv + weightn_fc`` says (zoos written before they were added have none)."""
         member = int(member)
         if member not in self._moving_stats:
-            row = self.members.loc[member]
-            n_weights = int(row.weightn_conv) + int(row.weightn_fc)
+            n_weights = int(self.members.at[member, "weightn_conv"]) + int(self.members.at[member, "weightn_fc"])
             try:
                 self._moving_stats[member] = moving_stats_of(self.architecture(member), n_weights)
             except ValueError as err:
@@ -752,15 +835,6 @@ class Zoo:
     def storage_parts(self, ids: Sequence[int]) -> np.ndarray:
         """The Orbax part (``snapshots/<cohort>/part-NNNNN``) of each member, object ``[len(ids)]``."""
         return self.members["part"].reindex(np.asarray(ids, np.int64)).to_numpy(object)
-
-    @property
-    def read_cache_bytes(self) -> int:
-        return self._read_cache_bytes
-
-    @read_cache_bytes.setter
-    def read_cache_bytes(self, value: int) -> None:
-        if int(value) != self._read_cache_bytes:  # a new budget: a new cache, parts opened again
-            self._read_cache_bytes, self._reader = int(value), None
 
     def read_rows(self, part: str, rows: Sequence[int], snapshot: int,
                   collections: Sequence[str] = COLLECTIONS) -> dict:
@@ -778,28 +852,29 @@ class Zoo:
           ``[len(rows), *shape]`` (numpy, as stored).
         """
         snapshot = check_snapshot(snapshot, self.num_snapshots)
-        if self._reader is None:
-            self._reader = _PartReader(self._read_cache_bytes)
+        if self._reader is None or self._reader.cache_bytes != int(self.read_cache_bytes):
+            self._reader = _PartReader(int(self.read_cache_bytes))  # a new budget: a new cache, parts opened again
         rows = np.asarray(rows, np.int64)
         directory = (self.path / part).absolute()
         return {c: self._reader.read(directory, rows, snapshot, c, self.num_snapshots) for c in collections}
 
-    def _groups(self, ids: list[int]) -> dict[tuple[str, Architecture, bool], list[int]]:
-        """Positions in ``ids`` by (part, architecture, moving statistics): what one :meth:`read_rows` reads."""
+    def _groups(self, ids: list[int]) -> dict[tuple[str, Architecture, bool], tuple[list[int], np.ndarray]]:
+        """By (part, architecture, moving statistics): the positions in ``ids`` and the rows
+        in the part of its members, what one :meth:`read_rows` reads."""
+        rows = self.members["row"].reindex(ids).to_numpy(np.int64)
         groups: dict[tuple[str, Architecture, bool], list[int]] = {}
         for i, (member, part) in enumerate(zip(ids, self.storage_parts(ids))):
             groups.setdefault((part, self.architecture(member), self.moving_stats(member)), []).append(i)
-        return groups
+        return {key: (positions, rows[positions]) for key, positions in groups.items()}
 
     def _gather(self, ids: list[int], snapshot: int, collection: str):
         """Stacked ``collection`` trees of ``ids`` (one architecture) at ``snapshot``: leaves ``[len(ids), *shape]``."""
         import jax
 
         one_architecture(self, ids)
-        rows = self.members["row"].reindex(ids).to_numpy(np.int64)
         pieces, order = [], []
-        for (part, *_), positions in self._groups(ids).items():
-            pieces.append(self.read_rows(part, rows[positions], snapshot, (collection,))[collection])
+        for (part, *_), (positions, rows) in self._groups(ids).items():
+            pieces.append(self.read_rows(part, rows, snapshot, (collection,))[collection])
             order += positions
         tree = pieces[0] if len(pieces) == 1 else jax.tree.map(lambda *xs: np.concatenate(xs), *pieces)
         if order != sorted(order):
@@ -832,20 +907,16 @@ class Zoo:
         """
         snapshot = check_snapshot(snapshot, self.num_snapshots)
         ids = check_ids(self.members, ids)
-        rows = self.members["row"].reindex(ids).to_numpy(np.int64)
         groups = self._groups(ids)
         vectors: list = [None] * len(ids)
-        for (part, arch, moving_stats), positions in groups.items():
-            collections = COLLECTIONS if moving_stats else ("params",)
-            trees = self.read_rows(part, rows[positions], snapshot, collections)
+        for (part, arch, moving_stats), (positions, rows) in groups.items():
+            trees = self.read_rows(part, rows, snapshot, COLLECTIONS if moving_stats else ("params",))
             flat = flatten(trees["params"], arch, trees.get("batch_stats"))
             if len(groups) == 1:
                 return flat
             for i, vector in zip(positions, flat):
                 vectors[i] = vector
-        if len({len(v) for v in vectors}) == 1:
-            return np.stack(vectors)
-        return vectors
+        return stack_vectors(vectors)
 
 
 def read_info(path: str | os.PathLike, *, running: bool = False) -> dict:

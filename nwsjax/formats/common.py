@@ -27,7 +27,7 @@ from nwsjax.errors import ZooError
 from nwsjax.layout import Segment, count_weights, layout, moving_stats_of, unflatten
 from nwsjax.model import Architecture
 from nwsjax.space import ARCHITECTURE_PROPERTIES, PROPERTY_NAMES
-from nwsjax.zoo import check_ids, check_snapshot, one_architecture, snapshot_exports
+from nwsjax.zoo import check_ids, check_snapshot, one_architecture, snapshot_exports, stack_vectors
 
 __all__ = [
     "FileZoo",
@@ -255,10 +255,7 @@ class FileZoo:
           list of ``[n_weights_i]`` vectors.
         """
         snapshot = check_snapshot(snapshot, self.num_snapshots)
-        vectors = [self._vector(i, snapshot) for i in check_ids(self.members, ids)]
-        if len({len(v) for v in vectors}) == 1:
-            return np.stack(vectors)
-        return vectors
+        return stack_vectors([self._vector(i, snapshot) for i in check_ids(self.members, ids)])
 
     def _trees(self, ids, snapshot: int | None) -> tuple[dict, dict | None]:
         """``(params, batch_stats)`` of ``ids`` (one architecture and vector length), stacked."""

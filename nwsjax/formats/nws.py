@@ -373,28 +373,8 @@ def export(zoo, out_dir: str | os.PathLike, split=None, *, seed: int = 0) -> dic
     for member, record in members.iterrows():
         if isinstance(stats, pd.DataFrame) and member in stats.index:
             record = record.combine_first(stats.loc[member])
-        folder = out / "nets" / f"{member:06d}"
-        (folder / "weights").mkdir(parents=True, exist_ok=True)
-        expected = int(record["weightn_conv"] + record["weightn_fc"])
-        for k in range(1, zoo.num_snapshots + 1):
-            vector = np.asarray(zoo.flat([member], snapshot=k)[0], np.float64)
-            if len(vector) != expected:
-                raise ZooError(
-                    f"member {member}: flat vector of {len(vector)} weights, not weightn_conv + weightn_fc = "
-                    f"{expected}; the zoo's members table is inconsistent"
-                )
-            vector.tofile(folder / "weights" / f"{k:03d}.bin")
-        history = export_history(by_member.get(member), record)
-        _error_rows(history).tofile(folder / "error.bin")
-        _stat_row(history, record).tofile(folder / "stat.bin")
-        row = {name: _encode(name, record[name]) for name in PROPERTY_NAMES}
-        row.update(
-            weightn_conv=int(record["weightn_conv"]),
-            weightn_fc=int(record["weightn_fc"]),
-            path=f"nets/{member:06d}",
-            member=int(member),
-        )
-        rows[labels[member]].append(row)
+        _write_net(zoo, member, record, by_member.get(member), out / "nets" / f"{member:06d}")
+        rows[labels[member]].append(_csv_row(member, record))
     written = {}
     for split_name, split_rows in rows.items():
         if split_rows:
@@ -402,3 +382,35 @@ def export(zoo, out_dir: str | os.PathLike, split=None, *, seed: int = 0) -> dic
             pd.DataFrame(split_rows, columns=[*CSV_COLUMNS, "member"]).to_csv(path, index=False)
             written[split_name] = path
     return written
+
+
+def _write_net(zoo, member: int, record: pd.Series, curves: pd.DataFrame | None, folder: Path) -> None:
+    """Writes ``member``'s folder: ``weights/<k>.bin`` for every snapshot, ``error.bin``, ``stat.bin``.
+
+    ``record``: its members-table row; ``curves``: its rows of ``zoo.curves`` (None: none).
+    """
+    (folder / "weights").mkdir(parents=True, exist_ok=True)
+    expected = int(record["weightn_conv"] + record["weightn_fc"])
+    for k in range(1, zoo.num_snapshots + 1):
+        vector = np.asarray(zoo.flat([member], snapshot=k)[0], np.float64)
+        if len(vector) != expected:
+            raise ZooError(
+                f"member {member}: flat vector of {len(vector)} weights, not weightn_conv + weightn_fc = "
+                f"{expected}; the zoo's members table is inconsistent"
+            )
+        vector.tofile(folder / "weights" / f"{k:03d}.bin")
+    history = export_history(curves, record)
+    _error_rows(history).tofile(folder / "error.bin")
+    _stat_row(history, record).tofile(folder / "stat.bin")
+
+
+def _csv_row(member: int, record: pd.Series) -> dict:
+    """``member``'s row of a split's CSV (:data:`CSV_COLUMNS` and ``member``), from its members-table row."""
+    row = {name: _encode(name, record[name]) for name in PROPERTY_NAMES}
+    row.update(
+        weightn_conv=int(record["weightn_conv"]),
+        weightn_fc=int(record["weightn_fc"]),
+        path=f"nets/{member:06d}",
+        member=int(member),
+    )
+    return row
