@@ -1,7 +1,8 @@
 """Mixed architectures: one population trained with each padding policy, in one run.
 
     python experiments/padding_bench.py                  # the issue's 64-member Fashion-MNIST population
-    python experiments/padding_bench.py --members 16 --max-images 500 --epochs 2   # a quick look
+    python experiments/padding_bench.py --members 16 --max-images 1000 --epochs 2   # a quick look
+    python experiments/padding_bench.py --resume         # goes on after the policies already measured
 
 Each policy (``--pad-architectures auto``, ``all``, ``none``) runs
 ``experiments/population.py`` as a subprocess on the same sampled population (same
@@ -10,7 +11,9 @@ policy, from the zoo's zoo.json and the wall clock: programs compiled, compile
 seconds, total seconds (process start to exit), member-steps per second, the fraction
 of computed training FLOPs that were members' own (not padding), and what ``auto``'s
 cost model predicted. Runs on whatever backend JAX finds, so the same command
-measures an accelerator.
+measures an accelerator. Each policy's row is saved to ``results.json`` as soon as it is
+measured; ``--resume`` keeps the rows of the same settings and runs only the others
+(a full CPU run of the 64-member population takes over an hour).
 """
 
 from __future__ import annotations
@@ -69,32 +72,40 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated, run in this order")
     p.add_argument("--out", default="runs/padding_bench", help="folder for the zoos and results.json")
+    p.add_argument("--resume", action="store_true", help="keep the policies results.json already holds")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("policies", "out", "resume")}
+    saved = json.loads((out / "results.json").read_text()) if args.resume and (out / "results.json").exists() else {}
+    if saved and saved.get("settings") != settings:
+        sys.exit(f"--resume: {out / 'results.json'} was measured with {saved.get('settings')}, not {settings}")
     sys.path.insert(0, str(ROOT))
     from nwsjax.data import load_dataset
 
     load_dataset(args.dataset)  # prepared once into the cache, so no policy's time includes it
-    load = os.getloadavg()
-    rows = []
+    import jax
+
+    record = {"settings": settings, "rows": [], "device": str(jax.devices()[0]), "cores": os.cpu_count(),
+              "jax": jax.__version__, "python": platform.python_version(), **saved}
+    rows = record["rows"]
     for policy in args.policies.split(","):
-        rows.append(run_policy(policy, args, out))
-        row = rows[-1]
+        if any(r["policy"] == policy for r in rows):
+            row = next(r for r in rows if r["policy"] == policy)
+        else:
+            load = os.getloadavg()
+            row = dict(run_policy(policy, args, out), load_before=load[0], load_after=os.getloadavg()[0])
+            rows.append(row)
+            (out / "results.json").write_text(json.dumps(record, indent=1))
         print(f"{policy:>5}: {row['programs']:3d} programs ({row['padded_programs']} padded), compile "
               f"{row['compile_s']:7.1f} s, total {row['total_s']:7.1f} s, "
               f"{row['member_steps'] / row['train_s']:6.1f} member-steps/s, "
               f"useful FLOPs {100 * row['useful_flop_fraction']:5.1f}%", flush=True)
     fastest = min(r["total_s"] for r in rows)
     for r in rows:
-        print(f"{r['policy']:>5}: {r['total_s'] / fastest:5.2f}x the fastest")
-    import jax
-
-    record = {"rows": rows, "args": vars(args), "load_before": load, "load_after": os.getloadavg(),
-              "device": str(jax.devices()[0]), "cores": os.cpu_count(), "jax": jax.__version__,
-              "python": platform.python_version()}
-    (out / "results.json").write_text(json.dumps(record, indent=1))
-    print(f"load average before {load[0]:.2f}, after {record['load_after'][0]:.2f}; results in {out / 'results.json'}")
+        print(f"{r['policy']:>5}: {r['total_s'] / fastest:5.2f}x the fastest "
+              f"(load average {r['load_before']:.1f} before, {r['load_after']:.1f} after)")
+    print(f"results in {out / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -345,6 +345,87 @@ def _true_dims(arch: Architecture, shape: MemberShape | None) -> MemberShape:
     return MemberShape(arch.filter_size, arch.depth_conv, arch.depth_fc, arch.width_conv, arch.width_fc)
 
 
+class _Layer(NamedTuple):
+    """How one layer's kernel is initialized (:func:`nwsjax.initialization.kernel`) and masked.
+
+    ``masks``: float32 (kernel, per-unit) masks of a padded program, else None;
+    ``active``: a traced bool where a padded member may lack the (conv) layer, else None.
+    """
+
+    role: int
+    family: tuple[int, ...]
+    cut: Callable[[jax.Array], jax.Array]
+    fans: tuple[Any, Any]
+    masks: tuple[jax.Array, jax.Array] | None = None
+    active: Any = None
+
+
+def _conv_layer(arch: Architecture, shape: MemberShape | None, block: int, index: int, layer: int,
+                channels_in: int, width: int) -> _Layer:
+    """Conv layer ``index`` of ``block`` (network layer ``layer``): ``[k, k, channels_in, width]`` in the program."""
+    dims = _true_dims(arch, shape)
+    cout = dims.width_conv * 2**block
+    cin = 3 if layer == 0 else (dims.width_conv * 2 ** (block - 1) if index == 0 else cout)
+    size = arch.filter_size
+    family_in = 3 if layer == 0 else init.FAMILY_WIDTH_CONV * 2 ** (block - (index == 0))
+    family = (max(init.FAMILY_FILTER, size),) * 2 + (max(family_in, channels_in),
+                                                     max(init.FAMILY_WIDTH_CONV * 2**block, width))
+    lo = (family[0] - size) // 2
+    cut = lambda d: d[lo : lo + size, lo : lo + size, :channels_in, :width]  # noqa: E731
+    fans = (dims.filter_size**2 * cin, dims.filter_size**2 * cout)
+    if shape is None:
+        return _Layer(init.conv_role(block, index), family, cut, fans)
+    active = index < jnp.asarray(_DEPTH_TABLE)[shape.depth_conv, block] if index > 0 else None
+    masks = conv_mask((size, channels_in, width), (shape.filter_size, cin, cout), True if active is None else active)
+    return _Layer(init.conv_role(block, index), family, cut, fans, masks, active)
+
+
+def _dense_layer(arch: Architecture, shape: MemberShape | None, layer: int, n_in: int, width: int,
+                 conv_map: tuple[int, int]) -> _Layer:
+    """Hidden dense layer ``layer``: ``[n_in, width]`` in the program; ``conv_map``: (pixels, channels) flattened into fc0."""
+    dims = _true_dims(arch, shape)
+    member_out = dims.width_fc >> layer
+    if layer == 0:
+        spatial, channels = conv_map
+        family = (spatial, max(4 * init.FAMILY_WIDTH_CONV, channels), max(init.FAMILY_WIDTH_FC, width))
+        cut = lambda d: d[:, :channels, :width].reshape(-1, width)  # noqa: E731
+        fans = (spatial * dims.width_conv * 4, member_out)
+    else:
+        family = (max(init.FAMILY_WIDTH_FC >> (layer - 1), n_in), max(init.FAMILY_WIDTH_FC >> layer, width))
+        cut = lambda d: d[:n_in, :width]  # noqa: E731
+        fans = (dims.width_fc >> (layer - 1), member_out)
+    if shape is None:
+        return _Layer(init.fc_role(layer), family, cut, fans)
+    if layer == 0:
+        rows = jnp.tile(_below(conv_map[1], dims.width_conv * 4), conv_map[0])
+    else:
+        rows = _below(n_in, dims.width_fc >> (layer - 1))
+    units = _below(width, member_out) & (layer < shape.depth_fc)  # no unit of a layer it lacks
+    return _Layer(init.fc_role(layer), family, cut, fans, ((rows[:, None] & units).astype(jnp.float32),
+                                                           units.astype(jnp.float32)))
+
+
+def _output_layer(arch: Architecture, shape: MemberShape | None, n_in: int) -> _Layer:
+    """The output layer, ``[n_in, num_classes]``; in a padded program it reads the member's last hidden layer."""
+    dims = _true_dims(arch, shape)
+    last_in = dims.width_fc >> (dims.depth_fc - 1)
+    family = (max(init.FAMILY_WIDTH_FC, n_in), arch.num_classes)
+    fans = (last_in, arch.num_classes)
+    if shape is None:
+        return _Layer(init.OUT_ROLE, family, lambda d: d[:n_in], fans)
+    rows = _below(n_in, last_in).astype(jnp.float32)
+    masks = (rows[:, None] * jnp.ones(arch.num_classes), jnp.ones(arch.num_classes))
+    return _Layer(init.OUT_ROLE, family, lambda d: d[:n_in], fans, masks)
+
+
+def _last_hidden(hidden: list[jax.Array], depth_fc, width: int) -> jax.Array:
+    """The member's last hidden layer (its ``depth_fc``-th), zero-padded to ``width`` units: ``[B, width]``."""
+    x = jnp.zeros((hidden[0].shape[0], width), hidden[0].dtype)
+    for i, h in enumerate(hidden):
+        x = jnp.where(depth_fc == i + 1, jnp.pad(h, ((0, 0), (0, width - h.shape[-1]))), x)
+    return x
+
+
 class NWSNet(nn.Module):
     """One NWS CNN, or a padded program of several. ``x: float32 [batch, 32, 32, 3]`` -> logits ``[batch, classes]``.
 
@@ -368,14 +449,15 @@ class NWSNet(nn.Module):
     def __call__(self, x, *, activation, initialization=2, train: bool = False, shape: MemberShape | None = None):
         if self.padded != (shape is not None):
             raise ValueError(f"NWSNet(padded={self.padded}) called with shape={shape}")
-        arch, dims = self.arch, _true_dims(self.arch, shape)
+        arch = self.arch
         key = self.make_rng("params") if self.is_initializing() else None
 
-        def kernel_init(role, family, cut, fans, masks):
+        def kernel_init(plan: _Layer):
             if key is None:
                 return nn.initializers.zeros
-            mask = None if masks is None else masks[0]
-            return lambda _rng, _shape: init.kernel(jax.random.fold_in(key, role), initialization, family, cut, *fans, mask)
+            mask = None if plan.masks is None else plan.masks[0]
+            return lambda _rng, _shape: init.kernel(jax.random.fold_in(key, plan.role), initialization, plan.family,
+                                                    plan.cut, *plan.fans, mask)
 
         def norm(name, masks):
             scale_init = nn.initializers.ones
@@ -389,65 +471,27 @@ class NWSNet(nn.Module):
         layer = 0
         for block, channels in enumerate(arch.conv_channels):
             for index, width in enumerate(channels):
-                cout = dims.width_conv * 2**block
-                cin = 3 if layer == 0 else (dims.width_conv * 2 ** (block - 1) if index == 0 else cout)
-                active = None
-                if shape is not None and index > 0:
-                    active = index < jnp.asarray(_DEPTH_TABLE)[shape.depth_conv, block]
-                masks = None
-                if shape is not None:
-                    masks = conv_mask((arch.filter_size, x.shape[-1], width), (shape.filter_size, cin, cout),
-                                      True if active is None else active)
-                size = arch.filter_size
-                family_in = 3 if layer == 0 else init.FAMILY_WIDTH_CONV * 2 ** (block - (index == 0))
-                family = (max(init.FAMILY_FILTER, size),) * 2 + (max(family_in, x.shape[-1]),
-                                                                 max(init.FAMILY_WIDTH_CONV * 2**block, width))
-                lo = (family[0] - size) // 2
-                cut = lambda d, lo=lo, size=size, c=x.shape[-1], w=width: d[lo : lo + size, lo : lo + size, :c, :w]  # noqa: E731
-                fans = (dims.filter_size**2 * cin, dims.filter_size**2 * cout)
-                conv = Conv(width, size, self.conv_impl, name=f"conv{layer}")
-                y = conv(x, kernel_init(init.conv_role(block, index), family, cut, fans, masks), masks)
+                plan = _conv_layer(arch, shape, block, index, layer, x.shape[-1], width)
+                y = Conv(width, arch.filter_size, self.conv_impl, name=f"conv{layer}")(x, kernel_init(plan), plan.masks)
                 if arch.batch_norm:
-                    y = norm(f"conv{layer}_bn", masks)(y)
+                    y = norm(f"conv{layer}_bn", plan.masks)(y)
                 y = activate(y, activation)
-                x = y if active is None else jnp.where(active, y, x)
+                x = y if plan.active is None else jnp.where(plan.active, y, x)
                 layer += 1
             x = max_pool_2x2(x)
-        spatial, channels = x.shape[1] * x.shape[2], x.shape[3]
+        conv_map = (x.shape[1] * x.shape[2], x.shape[3])
         x = x.reshape(x.shape[0], -1)
         hidden = []
         for i, width in enumerate(arch.fc_widths):
-            member_out = dims.width_fc >> i
-            if i == 0:
-                family = (spatial, max(4 * init.FAMILY_WIDTH_CONV, channels), max(init.FAMILY_WIDTH_FC, width))
-                cut = lambda d, c=channels, w=width: d[:, :c, :w].reshape(-1, w)  # noqa: E731
-                fans = (spatial * dims.width_conv * 4, member_out)
-                rows = jnp.tile(_below(channels, dims.width_conv * 4), spatial) if shape is not None else None
-            else:
-                family = (max(init.FAMILY_WIDTH_FC >> (i - 1), x.shape[-1]), max(init.FAMILY_WIDTH_FC >> i, width))
-                cut = lambda d, n=x.shape[-1], w=width: d[:n, :w]  # noqa: E731
-                fans = (dims.width_fc >> (i - 1), member_out)
-                rows = _below(x.shape[-1], dims.width_fc >> (i - 1)) if shape is not None else None
-            masks = None
-            if shape is not None:
-                units = _below(width, member_out) & (i < shape.depth_fc)  # no unit of a layer it lacks
-                masks = ((rows[:, None] & units).astype(jnp.float32), units.astype(jnp.float32))
-            x = Dense(width, name=f"fc{i}")(x, kernel_init(init.fc_role(i), family, cut, fans, masks), masks)
+            plan = _dense_layer(arch, shape, i, x.shape[-1], width, conv_map)
+            x = Dense(width, name=f"fc{i}")(x, kernel_init(plan), plan.masks)
             x = activate(x, activation)
             if arch.batch_norm:
-                x = norm(f"fc{i}_bn", masks)(x)
+                x = norm(f"fc{i}_bn", plan.masks)(x)
             if train:
                 x = dropout(self.make_rng("dropout"), x, i)
             hidden.append(x)
-        masks = None
-        last_in = dims.width_fc >> (dims.depth_fc - 1)
         if shape is not None:
-            x = jnp.zeros((x.shape[0], arch.width_fc), x.dtype)
-            for i, h in enumerate(hidden):
-                x = jnp.where(shape.depth_fc == i + 1, jnp.pad(h, ((0, 0), (0, arch.width_fc - h.shape[-1]))), x)
-            rows = _below(arch.width_fc, last_in).astype(jnp.float32)
-            masks = (rows[:, None] * jnp.ones(arch.num_classes), jnp.ones(arch.num_classes))
-        family = (max(init.FAMILY_WIDTH_FC, x.shape[-1]), arch.num_classes)
-        cut = lambda d, n=x.shape[-1]: d[:n]  # noqa: E731
-        out = Dense(arch.num_classes, name="out")
-        return out(x, kernel_init(init.OUT_ROLE, family, cut, (last_in, arch.num_classes), masks), masks)
+            x = _last_hidden(hidden, shape.depth_fc, arch.width_fc)
+        plan = _output_layer(arch, shape, x.shape[-1])
+        return Dense(arch.num_classes, name="out")(x, kernel_init(plan), plan.masks)

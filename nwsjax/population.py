@@ -478,49 +478,66 @@ def train_population(
       returns (:meth:`ZooWriter.close` then writes the tables).
     """
     config = config or TrainConfig()
-    check_devices(config.devices)
-    missing = sorted({m.dataset for m in members} - set(datasets))
-    if missing:
-        raise ConfigError(f"members use datasets that were not loaded: {', '.join(missing)}")
-    strategy = config.strategy or default_strategy()
-    data, placements = place_datasets(datasets)
-    classes = {name: dataset.num_classes for name, dataset in datasets.items()}
-    run = _Run(members, classes, placements, data, config, strategy, writer)
-    programs = plan_population(members, {name: p.train[1] for name, p in placements.items()}, classes, config)
+    run = _prepare(members, datasets, writer, config)
+    sizes = {name: placement.train[1] for name, placement in run.placements.items()}
+    programs = plan_population(members, sizes, run.classes, config)
     mine = set(range(len(members)) if assigned is None else assigned)
-    start = time.perf_counter()
-    report = PopulationReport(0.0, {}, {}, {}, {}, 0, 0, 0, len(mine), strategy.name)
-    counters = {"members": report.members, "finished": 0, "cohorts": len(programs), "cohort": 0}
-    resumed = len(mine & set(writer.committed))
-
-    def progress(cohort: CohortStats, schedule: Schedule) -> None:
-        slots = [s for s in schedule.slots if s is not None]
-        counters.update(
-            active=len(slots),
-            member_steps=report.member_steps + cohort.member_steps,
-            member_epochs=writer.committed_epochs + writer.epochs_recorded + sum(s.epoch for s in slots),
-            finished=resumed + writer.members_added,
-            seconds=time.perf_counter() - start,
-        )
-        if on_progress:
-            on_progress(counters)
-
+    report = PopulationReport(0.0, {}, {}, {}, {}, 0, 0, 0, len(mine), run.strategy.name)
+    progress = _Progress(report, writer, len(programs), len(mine & set(writer.committed)), on_progress)
     # Every process goes through every program and part in one order: flushing is collective.
     for number, program in enumerate(programs):
-        counters["cohort"] = number + 1
+        progress.counters["cohort"] = number + 1
         share = [i for i in program.members if i in mine]
         ids = [i for i in share if i not in writer.committed]
-        parts = _parts(program, members, classes)
+        parts = _parts(program, members, run.classes)
         report.programs[program.label] = sorted(parts)
         if ids:
             report.add_cohort(program.label, train_cohort(run, program, ids, len(share), progress))
         for label in sorted(parts):
             first = members[parts[label]]
-            like = _snapshot_shapes(first, classes[first.dataset], config.snapshots) if writer.processes > 1 else None
+            like = _snapshot_shapes(first, run.classes[first.dataset], config.snapshots) if writer.processes > 1 else None
             writer.flush_cohort(label, like=like)
     writer.wait()
-    report.seconds = time.perf_counter() - start
+    report.seconds = progress.seconds()
     return report
+
+
+def _prepare(members: Sequence[MemberConfig], datasets: Mapping[str, Dataset], writer: ZooWriter,
+             config: TrainConfig) -> _Run:
+    """Checks the devices and datasets, and puts the datasets on the device."""
+    check_devices(config.devices)
+    missing = sorted({m.dataset for m in members} - set(datasets))
+    if missing:
+        raise ConfigError(f"members use datasets that were not loaded: {', '.join(missing)}")
+    data, placements = place_datasets(datasets)
+    classes = {name: dataset.num_classes for name, dataset in datasets.items()}
+    return _Run(members, classes, placements, data, config, config.strategy or default_strategy(), writer)
+
+
+class _Progress:
+    """The counters ``on_progress`` gets after every round (for progress bars)."""
+
+    def __init__(self, report: PopulationReport, writer: ZooWriter, programs: int, resumed: int,
+                 on_progress: Callable[[dict], None] | None):
+        self.report, self.writer, self.resumed, self.on_progress = report, writer, resumed, on_progress
+        self.counters = {"members": report.members, "finished": 0, "cohorts": programs, "cohort": 0}
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def __call__(self, cohort: CohortStats, schedule: Schedule) -> None:
+        slots = [s for s in schedule.slots if s is not None]
+        writer = self.writer
+        self.counters.update(
+            active=len(slots),
+            member_steps=self.report.member_steps + cohort.member_steps,
+            member_epochs=writer.committed_epochs + writer.epochs_recorded + sum(s.epoch for s in slots),
+            finished=self.resumed + writer.members_added,
+            seconds=self.seconds(),
+        )
+        if self.on_progress:
+            self.on_progress(self.counters)
 
 
 def plan_population(members: Sequence[MemberConfig], train_sizes: Mapping[str, int],

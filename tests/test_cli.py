@@ -10,8 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "experiments" / "population.py")
+# The conv width is sampled (12, 12, 12, 8): one padded program for two architectures.
 QUICK = ["--members", "4", "--max-images", "300", "--epochs", "1", "--snapshots", "2", "--quiet",
-         "--set", "batch_size=128", "--set", "filter_size=3", "--set", "width_conv=4", "--set", "width_fc=64",
+         "--set", "batch_size=128", "--set", "filter_size=3", "--set", "width_fc=64",
          "--set", "depth_conv=3", "--set", "depth_fc=2"]
 
 
@@ -117,8 +118,10 @@ def test_sharded_over_devices_gives_the_same_zoo_bitwise(zoo_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     one, two = nwsjax.open_zoo(zoo_dir), nwsjax.open_zoo(tmp_path / "zoo")
     assert two.info["config"]["train"]["devices"] == 8
+    assert list(two.info["programs"]) == ["pad-f3-c3-d2-w12-u64-b128"]  # padded, and sharded
     for snapshot in (1, 2):
-        np.testing.assert_array_equal(two.flat(range(4), snapshot=snapshot), one.flat(range(4), snapshot=snapshot))
+        for member in range(4):  # two architectures: vectors of two lengths
+            np.testing.assert_array_equal(two.flat([member], snapshot=snapshot), one.flat([member], snapshot=snapshot))
     assert two.members.equals(one.members)
 
 
