@@ -14,7 +14,11 @@ Network (reference, "Architecture family"), input ``[batch, 32, 32, 3]``:
 Activation and initialization are call arguments, not module fields, so one compiled
 program serves members that differ in them: pass a Python ``int`` (an index into
 :data:`ACTIVATIONS` / :data:`INITIALIZATIONS`) for a single model, or a traced int32
-scalar inside a population step.
+scalar inside a population step. Initial weights follow :mod:`nwsjax.initialization`
+(drawn at the family's largest shapes, then cut), and dropout masks are drawn at the
+family's widths, so neither depends on the program a member trains in. A *padded*
+``NWSNet`` also takes the member's own architecture (:class:`MemberShape`) as data and
+masks everything else (:mod:`nwsjax.padding`).
 """
 
 from __future__ import annotations

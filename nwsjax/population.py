@@ -1,8 +1,11 @@
 """The population trainer: many NWS networks trained together, snapshots written to a zoo.
 
-Members that share static shapes (architecture and batch size) form a *cohort*; a
-cohort trains in ``slots`` (its width on the device) as one compiled program over
-stacked parameters, with per-member hyper-parameters as arrays (:class:`step.Knobs`).
+The members trained by one compiled program form a *cohort*: members of one batch size
+and batch-norm setting, at one architecture or padded into a larger one
+(:mod:`nwsjax.programs` plans which, :mod:`nwsjax.padding` pads). A cohort trains in
+``slots`` (its width on the device) over stacked parameters, with per-member
+hyper-parameters as arrays (:class:`step.Knobs`); its compiled programs are
+:mod:`nwsjax.cohort`, its host-side schedule :mod:`nwsjax.schedule`.
 
 A cohort advances in *rounds*. A round is a run of steps that crosses no member's
 epoch boundary: its length is the fewest steps any active member has left in its
@@ -14,8 +17,9 @@ keeps working on useful members.
 
 Exports (the initialization and the end of every epoch) go to an append-only spill
 file per member; when a member finishes, the reference's K evenly spaced exports
-(``round(linspace(1, n_exports, K))``) are kept and written with the member's cohort
-to an Orbax checkpoint (see :mod:`nwsjax.zoo`).
+(``round(linspace(1, n_exports, K))``) are kept, at the member's own architecture, and
+written with the other members of its zoo part (its architecture and batch size) to an
+Orbax checkpoint (see :mod:`nwsjax.zoo`).
 """
 
 from __future__ import annotations
@@ -149,9 +153,6 @@ class PopulationReport:
     @property
     def steps_per_second(self) -> float:
         return self.member_steps / max(self.seconds, 1e-9)
-
-
-cohort_label = part_label  # a member's zoo part: its own architecture, batch size and classes
 
 
 @dataclasses.dataclass(frozen=True)
