@@ -91,8 +91,9 @@ def train_zoo(path, members, datasets, *, epochs, snapshots=3, **train):
 
 # Test files by decreasing run time: with two workers (pytest-xdist, one file at a time)
 # the longest files start first, so neither worker is left alone with one at the end.
-LONGEST_FIRST = ("test_population.py", "test_strategies.py", "test_reliability.py", "test_zoo.py",
-                 "test_notebooks.py", "test_model.py", "test_meta.py", "test_cli.py", "test_bad_input.py")
+LONGEST_FIRST = ("test_kill_anywhere.py", "test_population.py", "test_padding.py", "test_strategies.py",
+                 "test_meta.py", "test_reliability.py", "test_zoo.py", "test_released_layout.py", "test_notebooks.py",
+                 "test_cli.py", "test_model.py", "test_bad_input.py", "test_meta_cli.py")
 
 
 def pytest_collection_modifyitems(items):
