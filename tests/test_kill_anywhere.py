@@ -45,7 +45,7 @@ PADDED = [*MIXED[: MIXED.index("--pad-architectures")], "--pad-architectures", "
           *MIXED[MIXED.index("--pad-architectures") + 2 :]]
 FIXED = ["--members", "4", "--seed", "6", *COMMON,
          "--set", "filter_size=3,depth_conv=3,depth_fc=2,width_conv=4,width_fc=64,batch_norm=on,batch_size=32"]
-KILLS = {"mixed": 10, "fixed": 3}  # kills that must land, per population
+KILLS = {"mixed": 7, "fixed": 3}  # kills that must land, per population
 
 
 @pytest.fixture(scope="module")

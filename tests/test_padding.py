@@ -63,7 +63,7 @@ def test_one_padded_program_per_batch_norm_setting(padded):
         assert zoo.architecture(i) == arch and zoo.members.loc[i, "architecture"] == arch.label()
 
 
-@pytest.mark.parametrize("member", [0, 1, 2, 5])
+@pytest.mark.parametrize("member", [0, 1, 5])  # (member 2 is the program's own architecture)
 def test_padded_member_matches_the_reference_at_its_architecture(padded, small_digits, member):
     zoo, _ = padded
     config = MEMBERS[member]
@@ -117,25 +117,28 @@ def test_identical_configs_identical_weights_in_a_padded_program(padded):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("optimizer", [0, 1, 2])
-def test_padding_stays_exactly_zero_under_every_optimizer(small_digits, optimizer):
-    """Weights, optimizer slots and gradients of padding are exactly zero after training steps."""
-    member_config = dataclasses.replace(MEMBERS[6], optimizer=("adam", "rmsprop", "momentum")[optimizer])
+def test_padding_stays_exactly_zero_under_every_optimizer(small_digits):
+    """Weights and optimizer slots of padding are exactly zero after training steps, for each optimizer."""
+    config = MEMBERS[6]
     program = program_architecture([Architecture.of(m, 10) for m in MEMBERS if m.batch_norm == "on"])
-    member = Architecture.of(member_config, 10)
+    member = Architecture.of(config, 10)
     model = NWSNet(program, conv_impl=CONV, padded=True)
-    knobs = knobs_of(member_config, MemberShape.of(member))
     data = step.DeviceData(jnp.asarray(small_digits.train_images), jnp.asarray(small_digits.train_labels.astype(np.int32)))
-    plan = jnp.asarray(step.epoch_order(member_config.seed, 0, len(small_digits.train_labels), 128))
-    state = step.init_member(model, knobs)
-    run = jax.jit(lambda s: step.train_round(model, s, knobs, data, plan, 0, 0, 0, 3, True))
-    state, out = run(state)
-    assert int(out.steps_done) == 3
-    host = jax.device_get(state)
-    for tree in (host.params, host.opt.first, host.opt.second):
-        restored = embed(crop(tree, program, member), member, program, tree)
-        jax.tree.map(np.testing.assert_array_equal, restored, tree)  # everything outside the member is 0
-    assert np.abs(leaves(host.params)).max() > 0
+    plan = jnp.asarray(step.epoch_order(config.seed, 0, len(small_digits.train_labels), 128))
+
+    @jax.jit
+    def train(knobs):  # the optimizer traced: one compile for all three
+        state = step.init_member(model, knobs)
+        return step.train_round(model, state, knobs, data, plan, 0, 0, 0, 3, True)
+
+    for optimizer in range(3):
+        knobs = knobs_of(config, MemberShape.of(member))._replace(optimizer=jnp.int32(optimizer))
+        state, out = jax.device_get(train(knobs))
+        assert int(out.steps_done) == 3
+        for tree in (state.params, state.opt.first, state.opt.second):
+            restored = embed(crop(tree, program, member), member, program, tree)
+            jax.tree.map(np.testing.assert_array_equal, restored, tree)  # everything outside the member is 0
+        assert np.abs(leaves(state.params)).max() > 0
 
 
 def test_crop_and_embed_are_inverse():
