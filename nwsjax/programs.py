@@ -91,9 +91,9 @@ def forward_flops(dims: np.ndarray, num_classes: int) -> np.ndarray:
     Args:
       dims: int ``[..., 5]``: filter size, conv depth, dense depth, conv width, dense width.
     """
-    k, depth_conv, depth_fc, width, units = (dims[..., i].astype(np.float64) for i in range(5))
+    k, depth_fc, width, units = (dims[..., i].astype(np.float64) for i in (0, 2, 3, 4))
     table = np.array([(1, 1, 1)] * 3 + [_BLOCK_DEPTHS[d] for d in (3, 4, 5)], np.float64)
-    per_block = table[dims[..., 1]]
+    per_block = table[dims[..., 1]]  # conv layers per block, by conv depth
     flops = np.zeros(k.shape)
     for block in range(3):
         pixels = (32 >> block) ** 2
@@ -104,7 +104,6 @@ def forward_flops(dims: np.ndarray, num_classes: int) -> np.ndarray:
     for i in range(1, 4):
         dense += np.where(depth_fc > i, (units / 2 ** (i - 1)) * (units / 2**i), 0.0)
     dense += units / 2 ** (depth_fc - 1) * num_classes
-    del depth_conv
     return 2.0 * (flops + dense)
 
 
