@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,9 +43,14 @@ def run_policy(policy: str, args, out: Path) -> dict:
                "--max-images", str(args.max_images), "--epochs", str(args.epochs), "--seed", str(args.seed),
                "--pad-architectures", policy, "--out", str(zoo), "--overwrite", "--quiet"]
     env = dict(os.environ, NWSJAX_COMPILE_CACHE=cache)
+    loads, stop = [], threading.Event()
+    sampler = threading.Thread(target=sample_load, args=(loads, stop), daemon=True)
+    sampler.start()
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    stop.set()
+    sampler.join()
     shutil.rmtree(cache, ignore_errors=True)
     if done.returncode != 0:
         sys.exit(f"{policy}: population.py failed:\n{done.stderr[-2000:]}")
@@ -60,7 +66,15 @@ def run_policy(policy: str, args, out: Path) -> dict:
         "member_steps": report["member_steps"],
         "useful_flop_fraction": report["useful_flop_fraction"],
         "summary": done.stdout.strip().splitlines()[-4:],
+        "load_mean": sum(loads) / max(len(loads), 1),
+        "load_max": max(loads, default=0.0),
     }
+
+
+def sample_load(loads: list, stop: threading.Event, every_s: float = 30.0) -> None:
+    """Appends the 1-minute load average every ``every_s`` seconds until ``stop`` is set."""
+    while not stop.wait(every_s):
+        loads.append(os.getloadavg()[0])
 
 
 def main() -> None:
@@ -103,8 +117,9 @@ def main() -> None:
               f"useful FLOPs {100 * row['useful_flop_fraction']:5.1f}%", flush=True)
     fastest = min(r["total_s"] for r in rows)
     for r in rows:
+        during = f", mean {r['load_mean']:.1f}, max {r['load_max']:.1f} during" if "load_mean" in r else ""
         print(f"{r['policy']:>5}: {r['total_s'] / fastest:5.2f}x the fastest "
-              f"(load average {r['load_before']:.1f} before, {r['load_after']:.1f} after)")
+              f"(load average {r['load_before']:.1f} before, {r['load_after']:.1f} after{during})")
     print(f"results in {out / 'results.json'}")
 
 
