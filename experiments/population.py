@@ -40,7 +40,8 @@ def _virtual_cpu_devices(argv: list[str]) -> None:
 
         try:
             info = json.loads((Path(_option(argv, "--out") or "runs/default") / "zoo.json").read_text())
-            value = str(info["config"]["run"]["devices"])
+            run = info["config"]["run"]
+            value = str(run["train"]["devices"] if "train" in run else run["devices"])
         except (OSError, ValueError, KeyError, TypeError):
             value = None  # resume_config reports what is wrong with the folder
     if value is None and _option(argv, "--coordinator") is None:
@@ -57,10 +58,9 @@ from nwsjax.cli import ArgumentParser, enable_compilation_cache, exit_process, m
 from nwsjax.errors import ConfigError  # noqa: E402
 from nwsjax.run import (  # noqa: E402
     RunConfig,
-    config_from_args,
-    disk_estimate,
     prepare_run,
     resume_config,
+    run_config,
     run_population,
     split_list,
     summary_table,
@@ -88,11 +88,11 @@ def parse_args(argv):
         help="dataset(s) drawn per member: digits, mnist, fashion_mnist, cifar10, svhn, stl10, "
         "any TFDS name, an IDX folder or name=folder; repeat or comma-separate (default digits)",
     )
-    p.add_argument("--epochs", type=int, help=f"most epochs per member (default {DEFAULTS.epochs})")
+    p.add_argument("--epochs", type=int, help=f"most epochs per member (default {DEFAULTS.train.stopping.max_epochs})")
     p.add_argument(
-        "--min-epochs", type=int, help=f"no early stopping before this epoch (default {DEFAULTS.min_epochs})"
+        "--min-epochs", type=int, help=f"no early stopping before this epoch (default {DEFAULTS.train.stopping.min_epochs})"
     )
-    p.add_argument("--snapshots", type=int, help=f"snapshots kept per member (default {DEFAULTS.snapshots})")
+    p.add_argument("--snapshots", type=int, help=f"snapshots kept per member (default {DEFAULTS.train.snapshots})")
     p.add_argument("--seed", type=int, help="run seed (default 0)")
     p.add_argument("--out", help=f"zoo folder to write (default {DEFAULTS.out})")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a zoo already in --out")
@@ -154,11 +154,11 @@ def main(argv=None) -> int:
     if values["resume"]:
         config = resume_config(out, values)
     else:
-        config = config_from_args(**values)
+        config = run_config(**values)
     prepared = prepare_run(config, progress=not quiet)
     enable_compilation_cache()
     quiet_background_writers()
-    disk = disk_estimate(prepared)
+    disk = prepared.disk
     if process == 0 and demo:
         print(f"the demo population, as population.py {' '.join(DEMO)}", file=sys.stderr)
     if process == 0:
@@ -173,10 +173,10 @@ def main(argv=None) -> int:
     if not quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.members * config.epochs, unit="epoch", desc="member-epochs", dynamic_ncols=True)
+        bar = tqdm(total=config.members * config.train.stopping.max_epochs, unit="epoch", desc="member-epochs", dynamic_ncols=True)
 
     def on_progress(counters: dict) -> None:
-        bar.total = counters["members"] * config.epochs
+        bar.total = counters["members"] * config.train.stopping.max_epochs
         bar.n = counters["member_epochs"]
         bar.set_postfix(
             cohort=f"{counters['cohort']}/{counters['cohorts']}",

@@ -44,7 +44,7 @@ from nwsjax.space import MemberConfig, option_index
 from nwsjax.schedule import (Events, RoundInputs, Schedule, Slot, absorb, busy, close_epoch, compact, epoch_plan,
                              next_epoch, round_inputs, seat, vacate)
 from nwsjax.stopping import StoppingConfig, stop_reason
-from nwsjax.strategy import Strategy, default_strategy
+from nwsjax.strategy import Strategy, parse_strategy
 from nwsjax.zoo import ZooWriter
 
 __all__ = ["TrainConfig", "PopulationReport", "train_population", "plan_population"]
@@ -58,7 +58,8 @@ class TrainConfig:
       stopping: epochs and early-stopping rules, per member.
       snapshots: K, snapshots kept per member (the reference: 20).
       max_slots: most members of one cohort on the device at once.
-      strategy: execution strategy; None chooses per backend.
+      strategy: execution strategy by name (``"auto"``: the backend's default, or e.g.
+        ``"vmap+im2col"``, :func:`nwsjax.strategy.parse_strategy`).
       eval_chunk: most images per evaluation chunk (:func:`eval_plan`).
       devices: devices the cohort's slots are sharded over (a ``("pop",)`` mesh with
         ``shard_map``; each device runs the strategy over its local slots).
@@ -75,7 +76,7 @@ class TrainConfig:
     stopping: StoppingConfig = StoppingConfig()
     snapshots: int = 20
     max_slots: int = 256
-    strategy: Strategy | None = None
+    strategy: str = "auto"
     eval_chunk: int = 500
     devices: int = 1
     memory_budget: float | None = None
@@ -84,6 +85,7 @@ class TrainConfig:
     cost: CostModel | None = None
 
     def __post_init__(self):
+        parse_strategy(self.strategy)  # a ConfigError names a bad one
         if self.pad_architectures not in POLICIES:
             raise ConfigError(f"pad_architectures={self.pad_architectures!r}: choose one of {', '.join(POLICIES)}")
         if self.snapshots < 1:
@@ -92,6 +94,15 @@ class TrainConfig:
             raise ConfigError(f"max_slots={self.max_slots}: need at least 1")
         if self.devices < 1:
             raise ConfigError(f"devices={self.devices}: need at least 1")
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TrainConfig:
+        """The config ``dataclasses.asdict`` gave ``record`` (as zoo.json stores it)."""
+        values = dict(record)
+        values["stopping"] = StoppingConfig(**values.get("stopping", {}))
+        if values.get("cost") is not None:
+            values["cost"] = CostModel(**values["cost"])
+        return cls(**values)
 
 
 def check_devices(devices: int) -> None:
@@ -458,6 +469,7 @@ def train_population(
     config: TrainConfig | None = None,
     *,
     assigned: Sequence[int] | None = None,
+    programs: Sequence[Program] | None = None,
     on_progress: Callable[[dict], None] | None = None,
 ) -> PopulationReport:
     """Trains the members and writes them to the zoo.
@@ -472,6 +484,7 @@ def train_population(
       writer: the zoo being written (:class:`nwsjax.zoo.ZooWriter`).
       config: training settings (None: the defaults).
       assigned: ids this process trains (a multi-host run's share); None: all.
+      programs: the run's programs (:func:`plan_population`); None: planned here.
       on_progress: called after every round with a dict of counters (for progress bars).
 
     Returns:
@@ -480,8 +493,9 @@ def train_population(
     """
     config = config or TrainConfig()
     run = _prepare(members, datasets, writer, config)
-    sizes = {name: placement.train[1] for name, placement in run.placements.items()}
-    programs = plan_population(members, sizes, run.classes, config)
+    if programs is None:
+        sizes = {name: placement.train[1] for name, placement in run.placements.items()}
+        programs = plan_population(members, sizes, run.classes, config)
     mine = set(range(len(members)) if assigned is None else assigned)
     report = PopulationReport(0.0, {}, {}, {}, {}, 0, 0, 0, len(mine), run.strategy.name)
     progress = _Progress(report, writer, len(programs), len(mine & set(writer.committed)), on_progress)
@@ -512,7 +526,7 @@ def _prepare(members: Sequence[MemberConfig], datasets: Mapping[str, Dataset], w
         raise ConfigError(f"members use datasets that were not loaded: {', '.join(missing)}")
     data, placements = place_datasets(datasets)
     classes = {name: dataset.num_classes for name, dataset in datasets.items()}
-    return _Run(members, classes, placements, data, config, config.strategy or default_strategy(), writer)
+    return _Run(members, classes, placements, data, config, parse_strategy(config.strategy), writer)
 
 
 class _Progress:

@@ -22,13 +22,15 @@ import pandas as pd
 from nwsjax.data import Dataset, load_dataset, resolve_dataset, subset
 from nwsjax.errors import ConfigError, DiskFullError
 from nwsjax.population import PopulationReport, TrainConfig, check_devices, plan_population, train_population
+from nwsjax.programs import Program
 from nwsjax.space import MAX_MEMBERS, MemberConfig, parse_pins, sample_members
 from nwsjax.stopping import StoppingConfig
-from nwsjax.strategy import default_strategy, parse_strategy
+from nwsjax.strategy import parse_strategy
 from nwsjax.zoo import FORMAT, ZooWriter, committed_members, lock_zoo, never_started, read_info
 
 __all__ = [
     "RunConfig",
+    "run_config",
     "PreparedRun",
     "prepare_run",
     "run_population",
@@ -40,60 +42,146 @@ __all__ = [
 ]
 
 
+def _default_train() -> TrainConfig:
+    return TrainConfig(stopping=StoppingConfig(max_epochs=15, min_epochs=20))
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything a population run is given (saved in the zoo's zoo.json).
+    """Everything a population run is given, saved whole in the zoo's zoo.json.
 
     Attributes:
       out: the zoo folder to write.
       members: population size.
       datasets: dataset names or IDX folders, drawn uniformly per member.
       seed: run seed: same seed, same members, same zoo.
-      epochs: most epochs per member.
-      min_epochs: no early stopping before this epoch (the reference: 20).
-      snapshots: K snapshots per member.
       fixed_architecture: use the nws_fixed architecture for every member.
       pins: ``--set`` items, e.g. ``("optimizer=adam",)``.
       max_images: cap every dataset split at this many images (None: full data).
-      strategy: execution strategy name (``"auto"``, ``"map"``, ``"vmap+im2col"``, ...).
-      max_slots: most members of one cohort on the device at once.
-      pad_architectures: ``"auto"``, ``"all"`` or ``"none"``: which architectures share a
-        padded program (:mod:`nwsjax.programs`).
-      devices: devices to shard each cohort's members over.
+      train: how the population trains: epochs and early stopping, snapshots, strategy,
+        slots, padding policy, devices (:class:`~nwsjax.population.TrainConfig`; the
+        run's default stops at 15 epochs).
       cache_dir: prepared-dataset cache (None: ``$NWSJAX_CACHE`` or ~/.cache/nwsjax).
       overwrite: replace an existing zoo in ``out``.
       resume: continue the interrupted run whose zoo is in ``out`` (see :func:`resume_config`).
       members_per_part: members per Orbax checkpoint of the zoo (the unit a run commits).
+
+    :func:`run_config` builds one from the command line's flat names (``epochs=``,
+    ``snapshots=``, ``devices=``, ...).
     """
 
     out: str = "runs/default"
     members: int = 16
     datasets: tuple[str, ...] = ("digits",)
     seed: int = 0
-    epochs: int = 15
-    min_epochs: int = 20
-    snapshots: int = 20
     fixed_architecture: bool = False
     pins: tuple[str, ...] = ()
     max_images: int | None = None
-    strategy: str = "auto"
-    max_slots: int = 256
-    pad_architectures: str = "auto"
-    devices: int = 1
+    train: TrainConfig = dataclasses.field(default_factory=_default_train)
     cache_dir: str | None = None
     overwrite: bool = False
     resume: bool = False
     members_per_part: int = 16
 
+    def __post_init__(self):
+        if self.members < 1:
+            raise ConfigError(f"--members {self.members}: need at least 1 member")
+        if self.members > MAX_MEMBERS:
+            raise ConfigError(f"--members {self.members}: at most {MAX_MEMBERS:,} per run; split the study into several zoos")
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"--max-images {self.max_images}: must be >= 1")
+        if self.seed < 0:
+            raise ConfigError(f"--seed {self.seed}: must be an integer >= 0, e.g. --seed 0")
+        if self.members_per_part < 1:
+            raise ConfigError(f"--members-per-part {self.members_per_part}: must be >= 1")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RunConfig:
+        """The config ``dataclasses.asdict`` gave ``record`` (zoo.json's ``config.run``).
+
+        Records of zoos written before the run nested its training config (flat
+        ``epochs``, ``snapshots``, ... beside ``out``) are read too.
+        """
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in record.items() if k != "train"}
+        nested = {k: values.pop(k) for k in list(values) if k in CLI_PATHS and CLI_PATHS[k][0] == "train"}
+        config = cls(**values, train=TrainConfig.from_record(record["train"])) if "train" in record else cls(**values)
+        return with_flat(config, nested)
+
+
+# Where each command-line name lives in a RunConfig (the others are RunConfig fields).
+CLI_PATHS = {
+    "epochs": ("train", "stopping", "max_epochs"),
+    "min_epochs": ("train", "stopping", "min_epochs"),
+    "snapshots": ("train", "snapshots"),
+    "strategy": ("train", "strategy"),
+    "max_slots": ("train", "max_slots"),
+    "pad_architectures": ("train", "pad_architectures"),
+    "devices": ("train", "devices"),
+}
+
+
+def flat_value(config: RunConfig, name: str) -> Any:
+    """The value of command-line name ``name`` (e.g. ``"epochs"``) in ``config``."""
+    value = config
+    for attr in CLI_PATHS.get(name, (name,)):
+        value = getattr(value, attr)
+    return value
+
+
+def _replace_path(obj: Any, path: Sequence[str], value: Any) -> Any:
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    return dataclasses.replace(obj, **{path[0]: _replace_path(getattr(obj, path[0]), path[1:], value)})
+
+
+def with_flat(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """``config`` with command-line names set (e.g. ``{"epochs": 4, "devices": 2}``)."""
+    train = config.train
+    for name, value in values.items():
+        path = CLI_PATHS.get(name)
+        if path is not None:
+            train = _replace_path(train, path[1:], value)
+    top = {name: value for name, value in values.items() if name not in CLI_PATHS}
+    return dataclasses.replace(config, train=train, **top)
+
+
+def run_config(**values: Any) -> RunConfig:
+    """A RunConfig from command-line names (``epochs=4, snapshots=5, devices=2, out=...``).
+
+    Lists become tuples; None keeps the default.
+    """
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if v is not None}
+    unknown = sorted(set(given) - set(CLI_PATHS) - {f.name for f in dataclasses.fields(RunConfig)})
+    if unknown:
+        raise TypeError(f"run_config: unknown settings {', '.join(unknown)}")
+    top = {k: v for k, v in given.items() if k not in CLI_PATHS}
+    return with_flat(RunConfig(**top), {k: v for k, v in given.items() if k in CLI_PATHS})
+
 
 @dataclasses.dataclass
 class PreparedRun:
-    """A validated run: its members, datasets and training settings."""
+    """A validated run: its members, datasets, programs and disk estimate.
+
+    Attributes:
+      config: the run's settings.
+      members: the sampled population; member ``i`` gets id ``i``.
+      datasets: every dataset a member names, loaded (and cut to ``max_images``).
+      programs: the compiled programs and the members each trains
+        (:func:`~nwsjax.population.plan_population`).
+      disk: :func:`disk_estimate` of the run.
+    """
 
     config: RunConfig
     members: list[MemberConfig]
     datasets: dict[str, Dataset]
-    train: TrainConfig
+    programs: list[Program] = dataclasses.field(default_factory=list)
+    disk: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.config.train
 
 
 def _check_out(config: RunConfig) -> Path:
@@ -119,31 +207,14 @@ def _check_out(config: RunConfig) -> Path:
 
 
 def prepare_run(config: RunConfig, *, progress: bool = False) -> PreparedRun:
-    """Validates ``config`` and loads its datasets; raises NWSError on bad input."""
-    if config.members < 1:
-        raise ConfigError(f"--members {config.members}: need at least 1 member")
-    if config.members > MAX_MEMBERS:
-        raise ConfigError(f"--members {config.members}: at most {MAX_MEMBERS:,} per run; split the study into several zoos")
-    if config.max_images is not None and config.max_images < 1:
-        raise ConfigError(f"--max-images {config.max_images}: must be >= 1")
-    if config.seed < 0:
-        raise ConfigError(f"--seed {config.seed}: must be an integer >= 0, e.g. --seed 0")
-    if config.members_per_part < 1:
-        raise ConfigError(f"--members-per-part {config.members_per_part}: must be >= 1")
-    if config.resume and config.overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
-    strategy = parse_strategy(config.strategy)
+    """Validates ``config`` against this machine, loads its datasets and plans its programs.
+
+    Everything that can fail on bad input fails here, before any training: devices,
+    the output folder, dataset names and sizes, and (for a new run) free disk space.
+    Raises NWSError.
+    """
     pins = parse_pins(config.pins)
-    stopping = StoppingConfig(max_epochs=config.epochs, min_epochs=min(config.min_epochs, config.epochs))
-    train = TrainConfig(
-        stopping=stopping,
-        snapshots=config.snapshots,
-        max_slots=config.max_slots,
-        strategy=strategy,
-        devices=config.devices,
-        pad_architectures=config.pad_architectures,
-    )
-    check_devices(train.devices)
+    check_devices(config.train.devices)
     _check_out(config)
     names = [pins["dataset"]] if "dataset" in pins else list(config.datasets)
     sources = {resolve_dataset(name).name: name for name in names}  # fails fast on bad names
@@ -167,7 +238,10 @@ def prepare_run(config: RunConfig, *, progress: bool = False) -> PreparedRun:
                 f"dataset {name} has {len(dataset.train_labels)} training images, fewer than "
                 f"batch size {smallest}; raise --max-images or pin a smaller --set batch_size"
             )
-    prepared = PreparedRun(config, members, datasets, train)
+    classes = {name: dataset.num_classes for name, dataset in datasets.items()}
+    sizes = {name: len(dataset.train_labels) for name, dataset in datasets.items()}
+    prepared = PreparedRun(config, members, datasets, plan_population(members, sizes, classes, config.train))
+    prepared.disk = disk_estimate(prepared)
     if config.resume:
         _check_same_data(prepared)
     else:
@@ -201,7 +275,7 @@ def disk_estimate(prepared: PreparedRun) -> dict[str, float]:
 
 def check_disk(prepared: PreparedRun) -> dict[str, float]:
     """Raises ConfigError when the zoo would not fit the free space of its disk."""
-    estimate = disk_estimate(prepared)
+    estimate = dict(prepared.disk or disk_estimate(prepared))
     out = Path(prepared.config.out).absolute()
     existing = next(p for p in [out, *out.parents] if p.exists())
     free = shutil.disk_usage(existing).free
@@ -245,8 +319,7 @@ def run_population(
     _barrier("nwsjax-prepared")  # every process has checked --out before process 0 changes it
     writer = None
     try:
-        if process == 0 and not config.resume:
-            _check_out(config)
+        if process == 0 and not config.resume:  # prepare_run checked the folder
             if out.is_dir() and (config.overwrite or never_started(out)):
                 shutil.rmtree(out)
             writer = ZooWriter(out, _zoo_config(prepared), **options)
@@ -258,6 +331,7 @@ def run_population(
             writer,
             prepared.train,
             assigned=assign_members(prepared, process, processes),
+            programs=prepared.programs,
             on_progress=on_progress,
         )
         _barrier("nwsjax-trained")
@@ -276,11 +350,10 @@ def run_population(
 
 
 def _zoo_config(prepared: PreparedRun) -> dict:
-    """What zoo.json records of the run: its settings, training config, strategy and datasets."""
+    """What zoo.json records of the run: its whole config, the strategy it resolved to, its datasets."""
     return {
         "run": dataclasses.asdict(prepared.config),
-        "train": dataclasses.asdict(prepared.train),
-        "strategy": (prepared.train.strategy or default_strategy()).name,
+        "strategy": parse_strategy(prepared.train.strategy).name,
         "datasets": {name: dataset_record(ds) for name, ds in prepared.datasets.items()},
     }
 
@@ -313,7 +386,7 @@ def _disk_full(err: BaseException) -> bool:
 def _disk_full_message(prepared: PreparedRun) -> str:
     """One line: the disk is full, how much the rest of the run needs, and how to go on."""
     out = Path(prepared.config.out).absolute()
-    estimate = disk_estimate(prepared)
+    estimate = prepared.disk or disk_estimate(prepared)
     left = 1 - len(committed_members(out)) / max(len(prepared.members), 1)
     need = estimate["zoo"] * left + estimate["scratch"]
     existing = next(p for p in [out, *out.parents] if p.exists())
@@ -332,10 +405,7 @@ def assign_members(prepared: PreparedRun, process: int, processes: int) -> list[
     share of each program (and no program is compiled by one process only). Returns
     sorted ids.
     """
-    classes = {name: dataset.num_classes for name, dataset in prepared.datasets.items()}
-    sizes = {name: len(dataset.train_labels) for name, dataset in prepared.datasets.items()}
-    programs = plan_population(prepared.members, sizes, classes, prepared.train)
-    return sorted(i for program in programs for i in program.members[process::processes])
+    return sorted(i for program in prepared.programs for i in program.members[process::processes])
 
 
 def _barrier(name: str) -> None:
@@ -383,27 +453,27 @@ def resume_config(out: str, given: Mapping[str, Any]) -> RunConfig:
         raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
     if never_started(out):
         # Killed before its zoo.json was written: nothing was trained, the run starts over.
-        return config_from_args(**dict(given, out=str(out), resume=None, overwrite=None))
+        return run_config(**dict(given, out=str(out), resume=None, overwrite=None))
     run = read_info(out, running=True).get("config", {}).get("run")
     if not isinstance(run, dict):
         raise ConfigError(f"--resume {out}: this zoo holds no population.py run settings; start a new run instead")
-    stored = dict(run)
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in stored.items() if k in fields}
+    try:
+        stored = RunConfig.from_record(run)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConfigError(f"--resume {out}: its stored run settings cannot be read ({err}); start a new run instead") from None
     for key, value in given.items():
         if value is None or key in _RESUME_FREE:
             continue
         value = tuple(value) if isinstance(value, list) else value
-        if value != values.get(key):
+        before = flat_value(stored, key)
+        if value != before:
             flag = "--" + key.replace("_", "-").replace("datasets", "dataset").replace("pins", "set")
             raise ConfigError(
-                f"--resume {out}: {flag} {value!r} differs from the interrupted run's {values.get(key)!r}; "
+                f"--resume {out}: {flag} {value!r} differs from the interrupted run's {before!r}; "
                 f"drop {flag} (a resumed run keeps its settings)"
             )
-    values.update(out=str(out), resume=True, overwrite=False)
-    if given.get("cache_dir") is not None:
-        values["cache_dir"] = given["cache_dir"]
-    return RunConfig(**values)
+    cache_dir = given.get("cache_dir") if given.get("cache_dir") is not None else stored.cache_dir
+    return dataclasses.replace(stored, out=str(out), resume=True, overwrite=False, cache_dir=cache_dir)
 
 
 def summary_table(members: pd.DataFrame, report: PopulationReport) -> str:
@@ -433,12 +503,6 @@ def summary_table(members: pd.DataFrame, report: PopulationReport) -> str:
         f"utilization {100 * report.utilization:.1f}% of member-steps useful",
     ]
     return "\n".join(lines)
-
-
-def config_from_args(**kwargs: Any) -> RunConfig:
-    """A RunConfig from CLI values (lists become tuples; None keeps the default)."""
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items() if v is not None}
-    return RunConfig(**values)
 
 
 def split_list(items: Sequence[str] | None) -> list[str] | None:

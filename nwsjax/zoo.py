@@ -767,6 +767,20 @@ class _PartReader:
         return jax.tree.map(lambda future: future.result(), jax.tree.map(open_leaf, tree.get(collection, {})))
 
 
+def training_record(info: Mapping[str, Any]) -> dict:
+    """The training config a zoo.json records (``TrainConfig`` as a dict).
+
+    A population.py run saves its whole :class:`~nwsjax.run.RunConfig` (``config.run``,
+    the training config nested as ``train``); a zoo written through the library holds
+    the config given to :class:`ZooWriter` (``config.train``).
+    """
+    config = info.get("config", {})
+    run = config.get("run")
+    if isinstance(run, Mapping) and isinstance(run.get("train"), Mapping):
+        return dict(run["train"])
+    return dict(config["train"])
+
+
 class Zoo:
     """A zoo opened for reading (see :func:`open_zoo`); implements :class:`WeightSource`.
 
@@ -788,7 +802,7 @@ class Zoo:
         self.path = path
         self.info = info
         self.members = members
-        self.num_snapshots = int(info["config"]["train"]["snapshots"])
+        self.num_snapshots = int(training_record(info)["snapshots"])
         self.read_cache_bytes = int(read_cache_bytes)
         self._reader: _PartReader | None = None
         self._architectures: dict[int, Architecture] = {}

@@ -37,7 +37,7 @@ import pytest
 
 from conftest import TINY, train_zoo
 from nwsjax.data import subset
-from nwsjax.run import RunConfig
+from nwsjax.run import run_config
 from nwsjax.space import sample_members
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,8 +99,8 @@ def interrupted(zoo: Path, *, by_cli: bool = True) -> Path:
     info = json.loads((zoo / "zoo.json").read_text())
     info["status"] = "running"
     if by_cli:
-        run = RunConfig(out=str(zoo), members=6, epochs=1, snapshots=2, max_images=300,
-                        pins=("batch_size=128",))
+        run = run_config(out=str(zoo), members=6, epochs=1, snapshots=2, max_images=300,
+                         pins=("batch_size=128",))
         info["config"]["run"] = dataclasses.asdict(run)
     (zoo / "zoo.json").write_text(json.dumps(info))
     return zoo

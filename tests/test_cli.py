@@ -117,7 +117,7 @@ def test_sharded_over_devices_gives_the_same_zoo_bitwise(zoo_dir, tmp_path):
     result = run(*QUICK, "--devices", "8", "--out", str(tmp_path / "zoo"))
     assert result.returncode == 0, result.stderr
     one, two = nwsjax.open_zoo(zoo_dir), nwsjax.open_zoo(tmp_path / "zoo")
-    assert two.info["config"]["train"]["devices"] == 8
+    assert two.info["config"]["run"]["train"]["devices"] == 8
     assert list(two.info["programs"]) == ["pad-f3-c3-d2-w12-u64-b128"]  # padded, and sharded
     for snapshot in (1, 2):
         for member in range(4):  # two architectures: vectors of two lengths
@@ -156,9 +156,9 @@ def test_demo_defaults_do_not_depend_on_unrelated_options(argv, demo, tmp_path, 
         cli.main(argv)
     prepared = caught.value.args[0]
     config = prepared.config
-    demo_members = len(prepared.members) == 16 and config.fixed_architecture and config.epochs == 10
+    demo_members = len(prepared.members) == 16 and config.fixed_architecture and config.train.stopping.max_epochs == 10
     assert demo_members == demo, (argv, config)
     assert ("the demo population" in capfd.readouterr().err) == demo
     if demo:
         assert {m.batch_size for m in prepared.members} == {64}
-        assert config.seed == (3 if "--seed" in argv else 0) and config.snapshots == (5 if "--snapshots" in argv else 20)
+        assert config.seed == (3 if "--seed" in argv else 0) and config.train.snapshots == (5 if "--snapshots" in argv else 20)

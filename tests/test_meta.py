@@ -278,7 +278,6 @@ def test_draw_and_even_starts_are_inside_bounds():
 @pytest.mark.parametrize("part", ["whole", "conv", "fc"])
 def test_stream_slices_match_hand_computed_vectors(mixed_zoo, part):
     """Mixed lengths; every slice equals vector[start:start + L] of the right network and snapshot."""
-    target = D.resolve_targets("optimizer", mixed_zoo)[0][0]
     ids = mixed_zoo.members.index.to_numpy()
     samples = D.Samples(np.repeat(ids, 3), np.tile([1, 2, 3], len(ids)), np.zeros(3 * len(ids), np.int32))
     length = 300

@@ -6,7 +6,6 @@ compared with the reference path at its own architecture, under the tolerances o
 ``test_population.py`` (a padded convolution adds exact zeros, but in another order).
 """
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -72,7 +72,7 @@ def test_every_strategy_gives_the_reference_weights(tmp_path, small_digits, refe
         half = subset(small_digits, 300)
         datasets["half"] = type(half)(**{**half.__dict__, "name": "half"})
         cohort += [dataclasses.replace(MEMBERS[i], dataset="half") for i in (4, 5, 6)]
-    zoo, report = train_zoo(tmp_path / "zoo", cohort, datasets, epochs=EPOCHS, strategy=strategy)
+    zoo, report = train_zoo(tmp_path / "zoo", cohort, datasets, epochs=EPOCHS, strategy=strategy.name)
     for row, member in enumerate((0, 2, 3)):
         got, init = leaves(zoo.params([row])), leaves(zoo.params([row], snapshot=1))
         want = leaves(references(member, strategy.conv)["params"])

@@ -321,8 +321,7 @@ def fit(module: nn.Module, target: Target, stream: SliceStream, settings: TrainS
     key = jax.random.key(seed + 2)
     rng = rng_for(seed, "epochs")
     fitted = Fitted(module, variables, target, scale, [], 0, 0.0)
-    better = (lambda a, b: a > b) if target.kind == "classification" else (lambda a, b: a < b)
-    best, best_variables, waited = None, None, 0
+    patience = _Patience(target.kind, settings.patience)
     start = time.perf_counter()
     bar = tqdm(total=total, desc=label, disable=not settings.progress, leave=False, unit="step")
 
@@ -343,29 +342,59 @@ def fit(module: nn.Module, target: Target, stream: SliceStream, settings: TrainS
             if fitted.steps % every and fitted.steps < total:
                 continue
             fitted.variables = variables
-            row = {"step": fitted.steps, "epoch": fitted.steps / steps_per_epoch,
-                   "loss": float(np.mean(jax.device_get(losses))), "train": float(np.mean(jax.device_get(scores)))}
-            if train_metric is not None:
-                row["train_eval"] = train_metric(fitted)
-            if validate is not None:
-                row["val"] = validate(fitted)
-            row["seconds"] = time.perf_counter() - since
-            fitted.history.append(row)
+            row = _curve_point(fitted, losses, scores, steps_per_epoch, since, train_metric, validate)
             bar.set_postfix(loss=f"{row['loss']:.3f}", **({"val": f"{row['val']:.3f}"} if "val" in row else {}))
             losses, scores, since = [], [], time.perf_counter()
-            if settings.patience is not None and "val" in row:
-                if best is None or better(row["val"], best["val"]):
-                    best, best_variables, waited = row, jax.device_get(variables), 0
-                else:
-                    waited += 1
-            if fitted.steps >= total or waited >= (settings.patience or 1 << 62):
+            if patience.run_out(row, variables) or fitted.steps >= total:
                 break
     bar.close()
-    fitted.variables = best_variables if best_variables is not None else jax.device_get(variables)
-    if best is not None:
-        fitted.best_step = best["step"]
+    fitted.variables = patience.best_variables if patience.best is not None else jax.device_get(variables)
+    fitted.best_step = patience.best["step"] if patience.best is not None else None
     fitted.seconds = time.perf_counter() - start
     return fitted
+
+
+def _curve_point(fitted: Fitted, losses: list, scores: list, steps_per_epoch: int, since: float,
+                 train_metric: Callable[[Fitted], float] | None, validate: Callable[[Fitted], float] | None) -> dict:
+    """Appends one learning-curve point (see :func:`fit`) to ``fitted.history``; returns it.
+
+    ``losses`` and ``scores``: the train steps' values since the last point; ``since``:
+    when that point was taken (``time.perf_counter``).
+    """
+    row = {"step": fitted.steps, "epoch": fitted.steps / steps_per_epoch,
+           "loss": float(np.mean(jax.device_get(losses))), "train": float(np.mean(jax.device_get(scores)))}
+    if train_metric is not None:
+        row["train_eval"] = train_metric(fitted)
+    if validate is not None:
+        row["val"] = validate(fitted)
+    row["seconds"] = time.perf_counter() - since
+    fitted.history.append(row)
+    return row
+
+
+class _Patience:
+    """Validation-based stopping: the best learning-curve point so far and its variables.
+
+    ``patience``: points without a better ``val`` before training stops (None: never).
+    Accuracy is better higher, a regression error lower.
+    """
+
+    def __init__(self, kind: str, patience: int | None):
+        self.patience = patience
+        self.better = (lambda a, b: a > b) if kind == "classification" else (lambda a, b: a < b)
+        self.best: dict | None = None
+        self.best_variables = None
+        self.waited = 0
+
+    def run_out(self, row: dict, variables: dict) -> bool:
+        """Takes the point ``row`` of the model ``variables``; whether patience has run out."""
+        if self.patience is None or "val" not in row:
+            return False
+        if self.best is None or self.better(row["val"], self.best["val"]):
+            self.best, self.best_variables, self.waited = row, jax.device_get(variables), 0
+        else:
+            self.waited += 1
+        return self.waited >= self.patience
 
 
 def normalizes_by_batch(module: nn.Module) -> bool:
