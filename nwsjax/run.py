@@ -176,7 +176,7 @@ class PreparedRun:
     config: RunConfig
     members: list[MemberConfig]
     datasets: dict[str, Dataset]
-    programs: list[Program] = dataclasses.field(default_factory=list)
+    programs: list[Program]
     disk: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
