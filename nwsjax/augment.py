@@ -307,8 +307,10 @@ def adjust_hue_saturation(images: jax.Array, hue: jax.Array, saturation: jax.Arr
     r, g, b = images[..., 0], images[..., 1], images[..., 2]
     value = jnp.maximum(jnp.maximum(r, g), b)
     chroma = value - jnp.minimum(jnp.minimum(r, g), b)
-    # Hue in sextants [0, 6): 0 red, 2 green, 4 blue.
-    is_r, is_g = value == r, value == g
+    # Hue in sextants [0, 6): 0 red, 2 green, 4 blue. The largest channel is picked by
+    # comparing channels, not by ``value == channel``: XLA may compute ``value`` and a
+    # channel in different fusions, and an exact equality between them is fragile.
+    is_r, is_g = (r >= g) & (r >= b), g >= b
     numerator = jnp.where(is_r, g - b, jnp.where(is_g, b - r, r - g))
     base = jnp.where(is_r, 0.0, jnp.where(is_g, 2.0, 4.0))
     sextant = base + numerator / jnp.where(chroma > 0, chroma, 1.0) + 6.0 * hue[:, None, None]
