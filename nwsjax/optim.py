@@ -16,6 +16,16 @@ momentum   trace (momentum 0.95)      unused (zeros)
 So a member's updates are computed by the same code and constants as
 ``optax.adam``, ``optax.rmsprop`` or ``optax.sgd(momentum=0.95)`` with the learning
 rate injected, which is what the single-model reference path uses.
+
+Why the choice and the learning rate are arguments of :func:`update` and not state of
+a ``GradientTransformation`` (as ``optax.inject_hyperparams`` keeps them): in a cohort
+they are per-member *knobs* (:class:`nwsjax.step.Knobs`), the one place that holds
+every member's hyper-parameters. The host schedule changes the learning rate at each
+member's own epoch boundary (:mod:`nwsjax.schedule`) and hands the knobs to every
+round; where every member of a program shares an optimizer, the choice is a Python int
+and only that branch is compiled. Held in optimizer state as well, both would be kept
+twice and written into device state every epoch. The arithmetic is optax's own: every
+branch runs the injected optax optimizer.
 """
 
 from __future__ import annotations
