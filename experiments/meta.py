@@ -9,9 +9,12 @@ Examples::
     python experiments/meta.py --zoo runs/fmnist --target optimizer --model dmc --steps 19000 --eval-every 500 --patience 6
     python experiments/meta.py --zoo nws/nws_main_train.csv,nws/nws_main_test.csv --target dataset
     python experiments/meta.py --zoo small-cnn-zoo/mnist --target config.optimizer,test_acc
+    python experiments/meta.py --zoo runs/fmnist --target all --out runs/fmnist-meta --resume   # go on after a kill
 
 Prints a table per target and writes a report folder (results.json, summary.txt, PNG
-plots); a report already in that folder is kept unless --overwrite is given. Errors a
+plots); a report already in that folder is kept unless --overwrite is given, or continued
+with --resume (results.json is rewritten after every model, so a killed run loses at most
+the model it was training). Errors a
 user can cause print one line starting "error: " and exit with 2.
 See docs/meta.md.
 """
@@ -90,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--buffer-mb", type=_number(int, 0), default=256, help="shuffle buffer budget in MiB (default %(default)s)")
     p.add_argument("--out", default=None, help="report folder (default runs/meta/<zoo name>)")
     p.add_argument("--overwrite", action="store_true", help="write over the report already in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted report in --out with the same settings: finished targets "
+                   "and models are kept, the rest run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -139,6 +145,7 @@ def _main(argv=None) -> int:
         cache_bytes=args.cache_mb << 20,
         out=args.out,
         overwrite=args.overwrite,
+        resume=args.resume,
     )
     run_meta(config)
     return 0

@@ -100,7 +100,7 @@ def _numbers(results: dict) -> dict:
     return out
 
 
-def test_run_writes_report_and_repeats_exactly(cli, zoo, tmp_path, capsys):
+def test_run_writes_report_repeats_exactly_and_resumes(cli, zoo, tmp_path, capsys):
     first, second = tmp_path / "a", tmp_path / "b"
     assert cli.main(["--zoo", str(zoo.path), *ARGS, "--out", str(first)]) == 0
     printed = capsys.readouterr().out
@@ -157,3 +157,30 @@ def test_run_writes_report_and_repeats_exactly(cli, zoo, tmp_path, capsys):
     assert "another zoo, split or snapshot range" in _error(table, capsys, str(first), str(other))
     assert "is in two of the reports" in _error(table, capsys, str(first), str(second))
     assert "no readable results.json" in _error(table, capsys, str(first), str(tmp_path))
+
+    # --resume: a report cut inside the lrate target (its set and units models done, stats
+    # not) ends as the uninterrupted one. Made by hand from the finished run; a kept result
+    # carries a marker, so the test sees it was not recomputed (set is fitted again: the
+    # where analysis needs it).
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    interrupted = json.loads(json.dumps(results))
+    del interrupted["summary"]
+    lrate = interrupted["targets"]["lrate"]
+    del lrate["models"]["stats"], lrate["analyses"]
+    lrate["partial"] = True
+    lrate["models"]["units"]["kept"] = "marker"
+    interrupted["targets"]["optimizer"]["models"]["stats"]["kept"] = "marker"
+    (cut / "results.json").write_text(json.dumps(interrupted))
+    argv = ["--zoo", str(zoo.path), *ARGS, "--out", str(cut)]
+    assert cli.main([*argv, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "optimizer: kept from the interrupted run" in printed and "lrate, units: kept" in printed
+    resumed = json.loads((cut / "results.json").read_text())
+    assert resumed["targets"]["lrate"]["models"]["units"].pop("kept") == "marker"
+    assert resumed["targets"]["optimizer"]["models"]["stats"].pop("kept") == "marker"
+    assert "partial" not in resumed["targets"]["lrate"]
+    assert _numbers(resumed) == _numbers(results) and resumed["summary"] == results["summary"]
+    assert "setting seed is 4, the interrupted run's 3" in _error(cli, capsys, *argv, "--seed", "4", "--resume")
+    assert "contradict" in _error(cli, capsys, *argv, "--resume", "--overwrite")
+    assert "holds no meta report to continue" in _error(cli, capsys, *argv[:-1], str(tmp_path / "none"), "--resume")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 from pathlib import Path
 
@@ -271,12 +272,21 @@ def plot_when(path: Path, rows: list[dict], kind: str, chance: float, title: str
     _finish(fig, ax, path, kind, title)
 
 
-def write_json(path: Path, obj) -> None:
-    def default(value):
-        if isinstance(value, (np.integer, np.floating)):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-        return str(value)
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
 
-    path.write_text(json.dumps(obj, indent=1, default=default))
+
+def json_ready(obj):
+    """``obj`` as it reads back from :func:`write_json` (tuples as lists, numpy as Python)."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def write_json(path: Path, obj) -> None:
+    """Writes ``obj`` as JSON; atomically, so a killed run leaves the previous file whole."""
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps(obj, indent=1, default=_json_default))
+    os.replace(partial, path)

@@ -9,6 +9,7 @@ table and the report folder (``results.json``, PNG plots).
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -98,6 +99,9 @@ class MetaConfig:
       cache_bytes: budget of the reader's vector cache.
       out: the report folder; None: ``runs/meta/<zoo folder name>`` (NWS lists: their folder's name).
       overwrite: write over a meta report already in ``out`` (any other non-empty folder is refused).
+      resume: continue the interrupted report in ``out``: the targets it finished, and the
+        models it finished of the target it was on, are kept; the rest run. Every setting
+        that changes results must be the interrupted run's (:func:`resumed_results`).
     """
 
     zoo: str
@@ -120,6 +124,7 @@ class MetaConfig:
     cache_bytes: int = DEFAULT_CACHE_BYTES
     out: str | None = None
     overwrite: bool = False
+    resume: bool = False
 
 
 def parse_models(spec: str) -> list[str]:
@@ -279,7 +284,7 @@ def _check(config: MetaConfig, log) -> Run:
             log("skipping model global: the networks have several lengths")
     named = Path(config.zoo) if Path(config.zoo).is_dir() else Path(zoo.path)  # NWS lists: their folder
     out = Path(config.out) if config.out else Path("runs") / "meta" / named.resolve().name
-    _check_out(out, config.overwrite)
+    _check_out(out, config.overwrite, config.resume)
     reader = WeightReader(zoo, cache_bytes=config.cache_bytes)
     return Run(config, zoo, reader, split, split_source, snapshots, models, analyses, out, log, targets, skipped, samples)
 
@@ -287,8 +292,14 @@ def _check(config: MetaConfig, log) -> Run:
 _REPORT_FILES = ("results.json", "summary.txt")
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, resume: bool = False) -> None:
     """Refuses a report folder that would overwrite another run's report or other files."""
+    if resume:
+        if overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+        if not (out / "results.json").is_file():
+            raise ConfigError(f"--resume: {out} holds no meta report to continue; run without --resume")
+        return
     existing = next((p for p in [out, *out.absolute().parents] if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
@@ -297,7 +308,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
     files = list(out.iterdir())
     if not files:
         return
-    if any(p.is_dir() or not (p.name in _REPORT_FILES or p.suffix == ".png") for p in files):
+    if any(p.is_dir() or not (p.name in _REPORT_FILES or p.suffix in (".png", ".tmp")) for p in files):
         raise ConfigError(f"--out {out}: folder is not empty and holds no meta report; choose another --out")
     if not overwrite:
         raise ConfigError(f"--out {out}: holds a meta report already; pass --overwrite to write over it, "
@@ -368,6 +379,7 @@ def run_meta(config: MetaConfig, *, log: Callable[[str], None] = print) -> dict:
         "skipped_targets": run.skipped,
         "targets": {},
     }
+    previous = resumed_results(run.out / "results.json", results) if config.resume else {}
     for name, reason in run.skipped.items():
         log(f"skipping target {name}: {reason}")
     log(f"zoo {run.zoo.path}: {len(run.zoo.members)} networks; snapshots {format_snapshots(run.snapshots)}; "
@@ -376,10 +388,19 @@ def run_meta(config: MetaConfig, *, log: Callable[[str], None] = print) -> dict:
         log(f"split: the zoo's own (train/test lists): {len(run.split.train)} train, {len(run.split.val)} "
             f"validation (from the train side), {len(run.split.test)} test networks")
     for target in run.targets:
-        entry = _run_target(run, target)
-        results["targets"][target.name] = entry
+        before = previous.get(target.name)
+
+        def save(entry: dict, name: str = target.name) -> None:
+            results["targets"][name] = entry
+            report.write_json(run.out / "results.json", results)
+
+        if before is not None and not before.get("partial"):
+            log(f"{target.name}: kept from the interrupted run")
+            entry = before
+        else:
+            entry = _run_target(run, target, before, save)
+        save(entry)
         log(report.format_target(target.name, entry, config.ensemble))
-        report.write_json(run.out / "results.json", results)
     results["summary"] = _summary(results, config.ensemble)
     summary = report.format_summary(results["summary"])
     if summary:
@@ -409,7 +430,50 @@ def _chance(target: Target, samples: dict[str, Samples]) -> float:
     return metrics(target, np.full(len(test), np.median(samples["train"].y), np.float32), test)["mae"]
 
 
-def _run_target(run: Run, target: Target) -> dict:
+# Settings that do not change a meta run's results: a resumed run may give them anew.
+_RESUME_FREE = ("out", "overwrite", "resume", "cache_bytes", "train.progress")
+
+
+def resumed_results(path: Path, results: dict) -> dict:
+    """The targets of the interrupted report ``path`` that a resumed run keeps.
+
+    ``results``: the new run's results so far (its config and split). Raises ConfigError
+    when a setting that changes results, or the split of networks, differs.
+    """
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--resume: {path} cannot be read ({err}); run again with --overwrite") from None
+    old, new = _flat_settings(before.get("config", {})), _flat_settings(report.json_ready(results["config"]))
+    for key in sorted(set(old) | set(new)):
+        if key not in _RESUME_FREE and old.get(key) != new.get(key):
+            raise ConfigError(f"--resume {path.parent}: setting {key} is {new.get(key)!r}, the interrupted run's "
+                              f"{old.get(key)!r}; give the same settings, or start over with --overwrite")
+    if before.get("split") != results["split"]:
+        raise ConfigError(f"--resume {path.parent}: the zoo's networks differ from the interrupted run's; "
+                          "start over with --overwrite")
+    return before.get("targets", {})
+
+
+def _flat_settings(config: dict, prefix: str = "") -> dict:
+    """``{"train": {"epochs": 2}}`` -> ``{"train.epochs": 2}``."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _run_target(run: Run, target: Target, before: dict | None = None,
+                save: Callable[[dict], None] | None = None) -> dict:
+    """Trains and tests every model on ``target`` and runs the analyses; returns its results entry.
+
+    ``before``: the entry an interrupted run left (``"partial"``): its models are kept,
+    except slice models the where analysis needs fitted again. ``save`` is called with
+    the partial entry after every model.
+    """
     samples = run.samples[target.name]
     entry = {
         "kind": target.kind,
@@ -420,9 +484,16 @@ def _run_target(run: Run, target: Target) -> dict:
         "analyses": {},
     }
     fitted = {}
+    kept = (before or {}).get("models", {})
     for model in run.models:
+        if model in kept and not (model in SLICE_MODELS and "where" in run.analyses):
+            run.log(f"{target.name}, {model}: kept from the interrupted run")
+            entry["models"][model] = kept[model]
+            continue
         result, fitted[model] = run.train_and_test(target, model, samples, run.config.slice_length, run.snapshots)
         entry["models"][model] = result
+        if save is not None:
+            save(dict(entry, partial=True))
         if result.get("history"):
             report.plot_learning_curve(run.out / f"curve-{target.name}-{model}.png", result["history"], target.kind,
                                        entry["chance"], f"{target.name}, {model}: learning curve")
