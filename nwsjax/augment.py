@@ -28,16 +28,21 @@ hue/saturation, noise, clip, with no clipping in between.
 
 Libraries, measured against these steps by ``experiments/augment_bench.py``
 (BENCHMARKS.md; one loaded CPU core, 64 digits, jitted, forward only since no
-gradient flows through augmentation): the warp samples with
-``jax.scipy.ndimage.map_coordinates`` (see :func:`apply_affine`). The colour
-steps stay ours. dm-pix's ``adjust_brightness`` and ``adjust_contrast`` give
-the same bits in the same time (0.04 and 0.21 ms), not worth a dependency
-(dm-pix, chex, toolz) for an addition and a mean. Its ``adjust_hue`` and
-``adjust_saturation`` agree with :func:`adjust_hue_saturation` to 8e-7, also
-on values outside [0, 1], but take 0.52 ms against 0.38 (one or two HSV round
-trips), and jitted into one program with the warp they went wrong: 4.6% of the
-values off by up to 0.87 from the same code run eagerly (their
-``value == channel`` tests compare numbers XLA computed in different fusions).
+gradient flows through augmentation); every step stays ours:
+
+* the warp: ``jax.scipy.ndimage.map_coordinates`` at our sample points gives the
+  same images to float32 rounding (1.2e-7) and is 1.5x faster on the warp alone
+  (1.15-1.25x on the whole augmentation), but with it a padded batch-norm member
+  no longer tracked its single-model reference (``tests/test_padding.py``: 82% of
+  predictions agreed, the test asks 90%; it passes with our gather). dm-pix's
+  ``affine_transform`` is 33x slower and its ``constant`` mode is another fill;
+  ``jax.image.scale_and_translate`` cannot rotate or shear.
+* brightness and contrast: dm-pix gives the same bits in the same time, not worth
+  a dependency (dm-pix, chex, toolz) for an addition and a mean.
+* hue and saturation: dm-pix's agree to 8e-7 but take 0.52 ms against 0.38, and
+  jitted into one program with the warp they went wrong (4.6% of the values off by
+  up to 0.87 from the same code run eagerly: their ``value == channel`` tests
+  compare numbers XLA computed in different fusions).
 """
 
 import dataclasses
@@ -46,7 +51,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy import ndimage
 
 from nwsjax.errors import ConfigError
 
@@ -216,19 +220,8 @@ def apply_affine(images: jax.Array, matrices: jax.Array, fill: str = "edge") -> 
     """Warps each image by its forward affine map with one bilinear resampling.
 
     Every output pixel ``q`` reads the input at ``A^-1 (q - t)`` (centred
-    coordinates) and interpolates its 2x2 neighbourhood with
-    ``jax.scipy.ndimage.map_coordinates`` (order 1, indices clamped to the image).
-
-    The sampler is jax's rather than our former single gather of 2x2 windows:
-    ``experiments/augment_bench.py`` (BENCHMARKS.md; one loaded CPU core, 64
-    digits, not measured on an accelerator) gives the same values to float32
-    rounding (1.2e-7) in less time, 0.29 against 0.45 ms for edge fill and 0.35 against
-    0.52 ms for zero fill; the whole :func:`augment` goes from 4.8 to 4.2 ms
-    (43 to 34 ms under ``lax.map`` over 4 members). dm-pix's
-    ``affine_transform`` takes 20 ms, and its ``constant`` mode zeros every
-    sample outside the image instead of blending over the border pixel;
-    ``jax.image.scale_and_translate`` has no rotation or shear and reads zeros
-    from half a pixel outside the image on (neither of our fills).
+    coordinates) and interpolates its 2x2 neighbourhood, which one gather of
+    2x2 windows fetches for the whole batch.
 
     Args:
       images: float32 ``[batch, height, width, channels]``, height, width >= 2.
@@ -242,7 +235,7 @@ def apply_affine(images: jax.Array, matrices: jax.Array, fill: str = "edge") -> 
     """
     if fill not in _FILL_MODES:
         raise ConfigError(f"fill must be one of {_FILL_MODES}, got {fill!r}")
-    _, height, width, _ = images.shape
+    batch, height, width, channels = images.shape
     a, b, tx = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
     c, d, ty = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
     det = a * d - b * c
@@ -254,17 +247,30 @@ def apply_affine(images: jax.Array, matrices: jax.Array, fill: str = "edge") -> 
     sx = ia[:, None, None] * qx + ib[:, None, None] * qy + cx
     sy = ic[:, None, None] * qx + id_[:, None, None] * qy + cy
     if fill == "zero":
-        # A one-pixel zero border; clamping into it reads zeros beyond the edge
-        # (map_coordinates' own "constant" mode is the same transform, 0.60 ms
-        # against 0.35, BENCHMARKS.md).
+        # A one-pixel zero border; clamping into it reads zeros beyond the edge.
         images = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
         sx, sy = sx + 1.0, sy + 1.0
-
-    def sample(plane, y, x):  # [h, w] plane at [h_out, w_out] points
-        return ndimage.map_coordinates(plane, (y, x), order=1, mode="nearest")
-
-    per_channel = jax.vmap(sample, in_axes=(2, None, None), out_axes=2)
-    return jax.vmap(per_channel)(images, sy, sx)
+        height, width = height + 2, width + 2
+    sx = jnp.clip(sx, 0.0, width - 1.0)
+    sy = jnp.clip(sy, 0.0, height - 1.0)
+    # The window's top-left corner stays inside, so the 2x2 window always fits;
+    # at the last row/column the weight of the far neighbour is then 1.
+    x0 = jnp.minimum(jnp.floor(sx), width - 2.0)
+    y0 = jnp.minimum(jnp.floor(sy), height - 2.0)
+    wx = (sx - x0)[..., None]
+    wy = (sy - y0)[..., None]
+    starts = jnp.stack([y0.astype(jnp.int32), x0.astype(jnp.int32)], -1)
+    windows = jax.lax.gather(
+        images, starts,
+        jax.lax.GatherDimensionNumbers(
+            offset_dims=(3, 4, 5), collapsed_slice_dims=(), start_index_map=(1, 2),
+            operand_batching_dims=(0,), start_indices_batching_dims=(0,)),
+        slice_sizes=(1, 2, 2, channels),
+        mode=jax.lax.GatherScatterMode.CLIP)  # free here; keeps NaN coordinates in bounds
+    # windows: [batch, height_out, width_out, 2 (dy), 2 (dx), channels].
+    top = windows[..., 0, 0, :] + wx * (windows[..., 0, 1, :] - windows[..., 0, 0, :])
+    bottom = windows[..., 1, 0, :] + wx * (windows[..., 1, 1, :] - windows[..., 1, 0, :])
+    return top + wy * (bottom - top)
 
 
 def adjust_brightness(images: jax.Array, delta: jax.Array) -> jax.Array:

@@ -17,15 +17,13 @@ So a member's updates are computed by the same code and constants as
 ``optax.adam``, ``optax.rmsprop`` or ``optax.sgd(momentum=0.95)`` with the learning
 rate injected, which is what the single-model reference path uses.
 
-Why the choice and the learning rate are arguments of :func:`update` and not state of
-a ``GradientTransformation`` (as ``optax.inject_hyperparams`` keeps them): in a cohort
-they are per-member *knobs* (:class:`nwsjax.step.Knobs`), the one place that holds
-every member's hyper-parameters. The host schedule changes the learning rate at each
-member's own epoch boundary (:mod:`nwsjax.schedule`) and hands the knobs to every
-round; where every member of a program shares an optimizer, the choice is a Python int
-and only that branch is compiled. Held in optimizer state as well, both would be kept
-twice and written into device state every epoch. The arithmetic is optax's own: every
-branch runs the injected optax optimizer.
+:func:`member_optimizer` is all three as one ``optax.GradientTransformation`` whose
+state holds the member's optimizer choice and learning rate beside the slots, as
+``optax.inject_hyperparams`` keeps its hyper-parameters: set them
+(:func:`set_hyperparams`) and update. The trainer sets them at every step from the
+member's knobs (:class:`nwsjax.step.Knobs`), which the host schedule keeps: the rate
+changes at each member's own epoch boundary. Where every member of a program shares an
+optimizer, the choice is a Python int and only that branch is compiled.
 """
 
 from __future__ import annotations
@@ -38,7 +36,8 @@ import optax
 
 from nwsjax.space import PROPERTIES
 
-__all__ = ["OPTIMIZERS", "SlotState", "init", "update", "reference_optimizer", "epoch_lrate"]
+__all__ = ["OPTIMIZERS", "SlotState", "MemberOptState", "member_optimizer", "set_hyperparams", "init", "update",
+           "reference_optimizer", "epoch_lrate"]
 
 OPTIMIZERS: tuple[str, ...] = PROPERTIES["optimizer"].options
 MOMENTUM = 0.95
@@ -55,6 +54,48 @@ class SlotState(NamedTuple):
     count: jax.Array  # int32 [], steps taken (Adam's bias correction)
     first: optax.Params  # like params
     second: optax.Params  # like params
+
+
+class MemberOptState(NamedTuple):
+    """State of :func:`member_optimizer` (leaves gain a leading member axis in a cohort).
+
+    Attributes:
+      hyperparams: ``{"optimizer": int32 [] index into OPTIMIZERS, "learning_rate": float32 []}``.
+      slots: the slots the chosen optimizer updates.
+    """
+
+    hyperparams: dict
+    slots: SlotState
+
+
+def member_optimizer(optimizer: int | None = None) -> optax.GradientTransformation:
+    """Adam, RMSProp and momentum SGD as one optax transformation, the choice in its state.
+
+    ``init(params)`` starts with optimizer ``optimizer or 0`` at learning rate 0; set both
+    with :func:`set_hyperparams` before updating, as with ``optax.inject_hyperparams``.
+    ``update(grads, state)`` runs the chosen optimizer (:func:`update`).
+
+    Args:
+      optimizer: a Python int fixes the choice at trace time, so only that branch is
+        compiled; None routes by ``state.hyperparams["optimizer"]`` (``lax.switch``).
+    """
+
+    def init_fn(params: optax.Params) -> MemberOptState:
+        return set_hyperparams(MemberOptState({}, init(params)), optimizer or 0, 0.0)
+
+    def update_fn(grads: optax.Updates, state: MemberOptState, params=None):
+        del params
+        choice = state.hyperparams["optimizer"] if optimizer is None else optimizer
+        updates, slots = update(grads, state.slots, choice, state.hyperparams["learning_rate"])
+        return updates, MemberOptState(state.hyperparams, slots)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def set_hyperparams(state: MemberOptState, optimizer, learning_rate) -> MemberOptState:
+    """``state`` with its optimizer index and learning rate (Python or traced scalars) replaced."""
+    return state._replace(hyperparams={"optimizer": jnp.asarray(optimizer, jnp.int32),
+                                       "learning_rate": jnp.asarray(learning_rate, jnp.float32)})
 
 
 def init(params: optax.Params) -> SlotState:

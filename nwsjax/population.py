@@ -85,7 +85,8 @@ class TrainConfig:
     cost: CostModel | None = None
 
     def __post_init__(self):
-        parse_strategy(self.strategy)  # a ConfigError names a bad one
+        if self.strategy != "auto":  # "auto" asks JAX for its backend: not before a multi-host run joins
+            parse_strategy(self.strategy)  # a ConfigError names a bad one
         if self.pad_architectures not in POLICIES:
             raise ConfigError(f"pad_architectures={self.pad_architectures!r}: choose one of {', '.join(POLICIES)}")
         if self.snapshots < 1:

@@ -56,7 +56,7 @@ class MemberState(NamedTuple):
 
     params: Any
     batch_stats: Any  # {} without batch norm
-    opt: optim.SlotState
+    opt: optim.MemberOptState
 
 
 class DeviceData(NamedTuple):
@@ -106,7 +106,14 @@ def init_member(model: NWSNet, knobs: Knobs) -> MemberState:
         shape=knobs.shape,
     )
     params = variables["params"]
-    return MemberState(params, variables.get("batch_stats", {}), optim.init(params))
+    opt = optim.set_hyperparams(member_optimizer(knobs).init(params), knobs.optimizer, knobs.lrate)
+    return MemberState(params, variables.get("batch_stats", {}), opt)
+
+
+def member_optimizer(knobs: Knobs):
+    """The member's optax optimizer (:func:`nwsjax.optim.member_optimizer`); a shared
+    optimizer choice (a Python int knob) compiles only its branch."""
+    return optim.member_optimizer(knobs.optimizer if isinstance(knobs.optimizer, int) else None)
 
 
 def to_float(images: jax.Array) -> jax.Array:
@@ -136,7 +143,8 @@ def loss_and_updates(model: NWSNet, state: MemberState, knobs: Knobs, images, la
         return loss, (logits, mutated.get("batch_stats", {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt = optim.update(grads, state.opt, knobs.optimizer, knobs.lrate)
+    opt = optim.set_hyperparams(state.opt, knobs.optimizer, knobs.lrate)  # this epoch's rate, from the schedule
+    updates, opt = member_optimizer(knobs).update(grads, opt)
     params = optax.apply_updates(state.params, updates)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return loss, correct, MemberState(params, batch_stats, opt)

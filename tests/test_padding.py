@@ -141,7 +141,7 @@ def test_padding_stays_exactly_zero_under_every_optimizer(digits_300):
         knobs = knobs_of(config, MemberShape.of(member))._replace(optimizer=jnp.int32(optimizer))
         state, out = jax.device_get(train(knobs))
         assert int(out.steps_done) == 3
-        for tree in (state.params, state.opt.first, state.opt.second):
+        for tree in (state.params, state.opt.slots.first, state.opt.slots.second):
             restored = embed(crop(tree, program, member), member, program, tree)
             jax.tree.map(np.testing.assert_array_equal, restored, tree)  # everything outside the member is 0
         assert np.abs(leaves(state.params)).max() > 0
