@@ -98,9 +98,16 @@ class TrainConfig:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrainConfig:
-        """The config ``dataclasses.asdict`` gave ``record`` (as zoo.json stores it)."""
+        """The config ``dataclasses.asdict`` gave ``record`` (as zoo.json stores it).
+
+        Records written before the strategy was a name (a ``Strategy`` as a dict, or
+        None for the backend's default) are read too.
+        """
         values = dict(record)
         values["stopping"] = StoppingConfig(**values.get("stopping", {}))
+        strategy = values.get("strategy")
+        if strategy is None or isinstance(strategy, Mapping):
+            values["strategy"] = Strategy(**strategy).name if strategy else "auto"
         if values.get("cost") is not None:
             values["cost"] = CostModel(**values["cost"])
         return cls(**values)
