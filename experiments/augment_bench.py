@@ -88,20 +88,6 @@ def pix_warp(images, matrices, fill):
         images, matrix, offset)
 
 
-def sample_points(matrices, height, width):
-    """Where ``apply_affine`` samples: ``(sy, sx)`` float32 ``[batch, height, width]``, same arithmetic."""
-    a, b, tx = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
-    c, d, ty = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
-    det = a * d - b * c
-    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    qx = jnp.arange(width, dtype=jnp.float32)[None, None, :] - cx - tx[:, None, None]
-    qy = jnp.arange(height, dtype=jnp.float32)[None, :, None] - cy - ty[:, None, None]
-    sx = ia[:, None, None] * qx + ib[:, None, None] * qy + cx
-    sy = ic[:, None, None] * qx + id_[:, None, None] * qy + cy
-    return sy, sx
-
-
 def gather_warp(images, matrices, fill):
     """nwsjax's hand-written sampler (``nwsjax.augment.apply_affine``: one gather of 2x2
     windows), the baseline the library samplers are measured against."""
@@ -114,7 +100,7 @@ def scipy_warp(images, matrices, fill, pad=False):
     Zero fill is its ``constant`` mode, or with ``pad`` its ``nearest`` mode on the images
     with a one-pixel zero border (what ``apply_affine`` does).
     """
-    sy, sx = sample_points(matrices, images.shape[1], images.shape[2])
+    sy, sx = aug.sample_points(matrices, images.shape[1], images.shape[2])
     mode = {"edge": "nearest", "zero": "constant"}[fill]
     if fill == "zero" and pad:
         images = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))

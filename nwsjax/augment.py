@@ -216,6 +216,24 @@ def affine_matrices(translate: jax.Array, rotate: jax.Array, zoom: jax.Array,
     return rows.astype(jnp.float32)
 
 
+def sample_points(matrices: jax.Array, height: int, width: int) -> tuple[jax.Array, jax.Array]:
+    """Where :func:`apply_affine` reads: ``(sy, sx)``, float32 ``[batch, height, width]``.
+
+    Output pixel ``q`` reads the input at ``A^-1 (q - t)`` in centred coordinates.
+    """
+    a, b, tx = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
+    c, d, ty = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    # Output pixel grid, centred, minus the translation: [batch, height, width].
+    qx = jnp.arange(width, dtype=jnp.float32)[None, None, :] - cx - tx[:, None, None]
+    qy = jnp.arange(height, dtype=jnp.float32)[None, :, None] - cy - ty[:, None, None]
+    sx = ia[:, None, None] * qx + ib[:, None, None] * qy + cx
+    sy = ic[:, None, None] * qx + id_[:, None, None] * qy + cy
+    return sy, sx
+
+
 def apply_affine(images: jax.Array, matrices: jax.Array, fill: str = "edge") -> jax.Array:
     """Warps each image by its forward affine map with one bilinear resampling.
 
@@ -236,16 +254,7 @@ def apply_affine(images: jax.Array, matrices: jax.Array, fill: str = "edge") -> 
     if fill not in _FILL_MODES:
         raise ConfigError(f"fill must be one of {_FILL_MODES}, got {fill!r}")
     batch, height, width, channels = images.shape
-    a, b, tx = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
-    c, d, ty = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
-    det = a * d - b * c
-    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    # Output pixel grid, centred, minus the translation: [batch, height, width].
-    qx = jnp.arange(width, dtype=jnp.float32)[None, None, :] - cx - tx[:, None, None]
-    qy = jnp.arange(height, dtype=jnp.float32)[None, :, None] - cy - ty[:, None, None]
-    sx = ia[:, None, None] * qx + ib[:, None, None] * qy + cx
-    sy = ic[:, None, None] * qx + id_[:, None, None] * qy + cy
+    sy, sx = sample_points(matrices, height, width)
     if fill == "zero":
         # A one-pixel zero border; clamping into it reads zeros beyond the edge.
         images = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
