@@ -37,6 +37,8 @@ __all__ = [
     "resume_config",
     "assign_members",
     "summary_table",
+    "did_not_train",
+    "UNTRAINED_BELOW",
     "disk_estimate",
     "check_disk",
 ]
@@ -476,17 +478,36 @@ def resume_config(out: str, given: Mapping[str, Any]) -> RunConfig:
     return dataclasses.replace(stored, out=str(out), resume=True, overwrite=False, cache_dir=cache_dir)
 
 
+UNTRAINED_BELOW = 0.2
+"""Final test accuracy under which a network counts as one that did not train: twice the
+chance level of the ten-class datasets (the reference left such networks out of its zoo)."""
+
+
+def did_not_train(members: pd.DataFrame, below: float = UNTRAINED_BELOW) -> pd.Series:
+    """Which networks did not train: final test accuracy under ``below``, or none (diverged).
+
+    Returns a boolean Series on ``members``' index. ``meta.py --min-test-acc`` with the same
+    number leaves these networks out.
+    """
+    acc = members.test_acc.astype(float)
+    return ~(acc >= below)
+
+
 def summary_table(members: pd.DataFrame, report: PopulationReport) -> str:
-    """Test accuracy per dataset, and the run's time and throughput, as text."""
+    """Test accuracy per dataset, how many networks did not train, and the run's time and
+    throughput, as text."""
     lines = [
-        f"{'dataset':<16}{'members':>8}{'diverged':>9}{'median':>8}{'q25':>8}{'q75':>8}{'min':>8}{'max':>8}"
+        f"{'dataset':<16}{'members':>8}{'diverged':>9}{'untrained':>10}"
+        f"{'median':>8}{'q25':>8}{'q75':>8}{'min':>8}{'max':>8}"
     ]
+    untrained = did_not_train(members)
     for name, group in members.groupby("dataset"):
         acc = group.test_acc.to_numpy(float)
         q = np.nanpercentile(acc, [50, 25, 75, 0, 100]) if np.isfinite(acc).any() else [np.nan] * 5
         diverged = int((group.status == "diverged").sum())
         lines.append(
-            f"{name:<16}{len(group):>8}{diverged:>9}" + "".join(f"{v:>8.3f}" for v in q)
+            f"{name:<16}{len(group):>8}{diverged:>9}{int(untrained[group.index].sum()):>10}"
+            + "".join(f"{v:>8.3f}" for v in q)
         )
     compile_s = sum(report.compile_seconds.values())
     padded = sum(label.startswith("pad-") for label in report.programs)
@@ -494,6 +515,8 @@ def summary_table(members: pd.DataFrame, report: PopulationReport) -> str:
         "",
         f"test accuracy: median {np.nanmedian(members.test_acc):.3f} over {len(members)} members "
         f"(chance 0.100)",
+        f"{int(untrained.sum())} members did not train (test accuracy under {UNTRAINED_BELOW:.2f}, twice "
+        f"chance); meta.py --min-test-acc {UNTRAINED_BELOW:g} leaves them out",
         f"time {report.seconds:.1f} s (compile {compile_s:.1f} s over {len(report.compile_seconds)} programs), "
         f"strategy {report.strategy}",
         f"{len(report.programs)} programs ({padded} padded) for {len({p for v in report.programs.values() for p in v})} "

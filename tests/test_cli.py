@@ -32,7 +32,20 @@ def zoo_dir(tmp_path_factory):
     result = run(*QUICK, "--out", str(out), env=EIGHT_DEVICES)
     assert result.returncode == 0, result.stderr
     assert "test accuracy: median" in result.stdout and "model-steps/s" in result.stdout
+    assert "did not train (test accuracy under 0.20" in result.stdout
     return out
+
+
+def test_did_not_train_flags_low_and_missing_accuracy():
+    import pandas as pd
+
+    from nwsjax.run import did_not_train
+
+    members = pd.DataFrame({"test_acc": [0.95, 0.1, float("nan"), 0.2, 0.19]}, index=[3, 5, 7, 8, 9])
+    flagged = did_not_train(members)
+    assert flagged.index.tolist() == [3, 5, 7, 8, 9]
+    assert flagged.tolist() == [False, True, True, False, True]
+    assert did_not_train(members, below=0.5).tolist() == [False, True, True, True, True]
 
 
 def test_cli_writes_a_zoo_with_its_config(zoo_dir):
