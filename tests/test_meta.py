@@ -437,18 +437,24 @@ def test_unit_tokens_by_hand():
     n = count_weights(SMALL)["total"]
     vector = np.arange(n, dtype=np.float32)
     tokens, layers = unit_tokens(vector, SMALL)
-    assert tokens.shape == (unit_count(SMALL), UNIT_FEATURES) == (4 + 8 + 16 + 64 + 32 + 20, 25)
+    assert tokens.shape == (unit_count(SMALL), UNIT_FEATURES) == (4 + 8 + 16 + 64 + 32 + 20, 29)
     assert layers.tolist() == [0] * 4 + [1] * 8 + [2] * 16 + [3] * 64 + [4] * 32 + [5] * 20
-    # conv0: 4 units of 3 x 3 x 3 = 27 incoming weights, then 4 biases, 4 BN offsets (beta), 4 scales (gamma)
+    # conv0: 4 units of 3 x 3 x 3 = 27 incoming weights, then 4 biases, 4 BN offsets (beta), 4 scales
+    # (gamma), 4 moving means, 4 moving variances
     for u in range(4):
-        mean, std, low, q10, q50, q90, high, mean_abs, bias, scale, offset = tokens[u, :11]
+        mean, std, low, q10, q50, q90, high, mean_abs, bias, scale, offset, moving_mean, moving_var = tokens[u, :13]
         assert (low, high, mean, q50) == (27 * u, 27 * u + 26, 27 * u + 13, 27 * u + 13)
-        assert (bias, offset, scale) == (108 + u, 112 + u, 116 + u)
+        assert (bias, offset, scale, moving_mean, moving_var) == (108 + u, 112 + u, 116 + u, 120 + u, 124 + u)
         assert std == pytest.approx(np.arange(27).std())
     assert tokens[0, -3:].tolist() == [0, 1, 0] and tokens[-1, -3:].tolist() == [1, 0, 1]
     fc_tokens, fc_layers = unit_tokens(vector, SMALL, "fc")
     assert len(fc_tokens) == unit_count(SMALL, "fc") == 116 and fc_layers[0] == 0
-    np.testing.assert_array_equal(fc_tokens[:, :22], tokens[28:, :22])  # same units, depth relative to the part
+    np.testing.assert_array_equal(fc_tokens[:, :26], tokens[28:, :26])
+    # a vector without the moving statistics (nwsjax zoos before the released layout): mean 0, variance 1
+    short = layout(SMALL, moving_stats=False)
+    bare, _ = unit_tokens(np.arange(sum(seg.size for seg in short), dtype=np.float32), short)
+    assert bare.shape == tokens.shape and bare[:4, 11:13].tolist() == [[0, 1]] * 4
+    assert bare[:4, 8:11].tolist() == [[108 + u, 116 + u, 112 + u] for u in range(4)]  # same units, depth relative to the part
 
 
 def test_units_model_subsamples_units_only_while_training():

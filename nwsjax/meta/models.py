@@ -255,7 +255,8 @@ def _fourier(position: jnp.ndarray, frequencies: int = 4) -> jnp.ndarray:
 # Per-unit tokens (the units model)
 # --------------------------------------------------------------------------- #
 
-UNIT_VALUES = ("mean", "std", "min", "q10", "q50", "q90", "max", "mean_abs", "bias", "bn_scale", "bn_offset")
+UNIT_VALUES = ("mean", "std", "min", "q10", "q50", "q90", "max", "mean_abs", "bias", "bn_scale", "bn_offset",
+               "bn_mean", "bn_var")
 UNIT_FEATURES = 2 * len(UNIT_VALUES) + 3
 
 
@@ -284,8 +285,10 @@ def unit_tokens(vector: np.ndarray, spec: Layout, part: str = "whole") -> tuple[
 
     A unit's incoming weights are contiguous in NWS order, so they are one row of its
     layer's kernel. A token holds, of the incoming weights, mean, standard deviation,
-    min, quantiles 10/50/90% (nearest rank), max and mean absolute value, then the unit's bias and
-    batch-norm scale and offset (0 without a bias, 1 and 0 without batch norm); all of these as is and on
+    min, quantiles 10/50/90% (nearest rank), max and mean absolute value, then the unit's bias,
+    batch-norm scale and offset, and its batch norm's moving mean and variance where the
+    vector holds them (the released layout); 0 without a bias, 1 and 0 without batch norm, 0
+    and 1 without moving statistics. All of these as is and on
     the signed log scale of :func:`magnitude`; then the layer's relative depth (0 first,
     1 last of the part) and whether it is a conv layer (4-D kernel) and the output layer
     (the network's last layer with a kernel).
@@ -317,12 +320,16 @@ def unit_tokens(vector: np.ndarray, spec: Layout, part: str = "whole") -> tuple[
         bias = values((layer, "bias"), units)
         scale = values((f"{layer}_bn", "scale"), units)
         offset = values((f"{layer}_bn", "bias"), units)
+        moving_mean = values((f"{layer}_bn", "mean"), units)
+        moving_var = values((f"{layer}_bn", "var"), units)
         ordered = np.sort(w, axis=1)
         ranks = np.round(np.array([0.1, 0.5, 0.9]) * (w.shape[1] - 1)).astype(int)
         columns = np.stack([
             w.mean(1), w.std(1), ordered[:, 0], *ordered[:, ranks].T, ordered[:, -1], np.abs(w).mean(1),
             np.zeros(units) if bias is None else bias[:, 0],
             np.ones(units) if scale is None else scale[:, 0], np.zeros(units) if offset is None else offset[:, 0],
+            np.zeros(units) if moving_mean is None else moving_mean[:, 0],
+            np.ones(units) if moving_var is None else moving_var[:, 0],
         ], 1)
         depth = number / max(len(layers) - 1, 1)
         kind = np.tile([depth, len(kernel.shape) == 4, layer == last], (units, 1))
