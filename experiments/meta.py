@@ -82,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--units-keep", type=_number(float, 0, strict=True, maximum=1), default=0.5,
                    help="fraction of units the units model keeps per training pass, 1 = all (default %(default)s)")
     p.add_argument("--set-slices", type=_number(int, 1), default=8, help="slices per network for the set model (default %(default)s)")
-    p.add_argument("--stats-iterations", type=_number(int, 1), default=200, help="boosting iterations of stats (default %(default)s)")
+    p.add_argument("--stats-iterations", type=_number(int, 1), default=200, help="boosting iterations of stats and unitstats (default %(default)s)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="networks held out for test (default %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="of the rest, networks for validation (default %(default)s)")
     p.add_argument("--random-split", action="store_true",

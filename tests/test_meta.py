@@ -17,7 +17,20 @@ from nwsjax.errors import ConfigError, ZooError
 from nwsjax.layout import count_weights, flatten, layout, unflatten
 from nwsjax.meta import data as D
 from nwsjax.meta import train as T
-from nwsjax.meta.models import DMC, UNIT_FEATURES, UnitSet, dmc_plan, statistic_names, unit_count, unit_tokens, weight_statistics
+from nwsjax.meta.models import (
+    DMC,
+    UNIT_FEATURES,
+    UNIT_SPREAD,
+    UNIT_VALUES,
+    UnitSet,
+    dmc_plan,
+    statistic_names,
+    unit_count,
+    unit_spread,
+    unit_spread_names,
+    unit_tokens,
+    weight_statistics,
+)
 from nwsjax.meta.reader import WeightReader
 from nwsjax.model import Architecture
 from nwsjax.zoo import WeightSource, Zoo, ZooWriter, open_zoo
@@ -613,6 +626,34 @@ def test_stats_baseline_learns_planted_targets(planted_zoo, lrate_zoo):
             assert result["accuracy"] > 0.9
         else:
             assert result["spearman"] > 0.9
+
+
+def test_unit_spread_by_hand():
+    n = count_weights(SMALL)["total"]
+    vector = np.arange(n, dtype=np.float32)
+    spread = dict(zip(unit_spread_names(SMALL), unit_spread(vector, SMALL)))
+    assert len(spread) == len(unit_spread(vector, SMALL)) == 6 * len(UNIT_VALUES) * len(UNIT_SPREAD)
+    # conv0's 4 units: biases 108..111, moving variances 124..127; incoming means 13, 40, 67, 94
+    assert (spread["conv0/units:bias:min"], spread["conv0/units:bias:max"]) == (108, 111)
+    assert spread["conv0/units:bias:mean"] == pytest.approx(109.5)
+    assert spread["conv0/units:bn_var:q50"] == 126  # nearest rank of 4 values
+    assert spread["conv0/units:mean:std"] == pytest.approx(np.std([13, 40, 67, 94]))
+    fc = unit_spread_names(SMALL, "fc")
+    assert fc[0].startswith("fc0/") and len(unit_spread(vector, SMALL, "fc")) == len(fc)
+
+
+def test_unitstats_features_extend_stats(planted_zoo):
+    reader = WeightReader(planted_zoo)
+    ids = planted_zoo.members.index.to_numpy()[:6]
+    samples = D.Samples(ids, np.full(len(ids), 2), np.zeros(len(ids), np.int32))
+    cache = {}
+    stats, stats_names = T.stats_features(planted_zoo, reader, samples, "whole", cache)
+    both, both_names = T.stats_features(planted_zoo, reader, samples, "whole", cache, "unitstats")
+    assert both_names[: len(stats_names)] == stats_names and len(both_names) > len(stats_names)
+    np.testing.assert_array_equal(both[:, : len(stats_names)], stats)
+    assert np.isfinite(both).all()
+    with pytest.raises(ConfigError, match="not one of stats, unitstats"):
+        T.stats_features(planted_zoo, reader, samples, "whole", cache, "units")
 
 
 def test_stats_features_align_mixed_architectures(mixed_zoo):

@@ -84,7 +84,7 @@ def test_process_exit_code_and_stderr(tmp_path):
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path}: not a zoo (no zoo.json); pass the --out folder of a population run"]
 
 
-ARGS = ["--target", "optimizer,lrate", "--model", "set,units,stats", "--snapshots", "2-3", "--slice-length", "128",
+ARGS = ["--target", "optimizer,lrate", "--model", "set,units,stats,unitstats", "--snapshots", "2-3", "--slice-length", "128",
         "--epochs", "2", "--batch-size", "16", "--ensemble", "4", "--positions", "5", "--set-slices", "2",
         "--stats-iterations", "20", "--analysis", "where,when,slice-length", "--slice-lengths", "128",
         "--quiet", "--seed", "3"]
@@ -111,7 +111,8 @@ def test_run_writes_report_repeats_exactly_and_resumes(cli, zoo, tmp_path, capsy
     assert results["seeds"]["seed"] == 3
     optimizer = results["targets"]["optimizer"]
     assert optimizer["chance"] == pytest.approx(1 / 3)
-    assert set(optimizer["models"]) == {"set", "units", "stats"}
+    assert set(optimizer["models"]) == {"set", "units", "stats", "unitstats"}
+    assert optimizer["models"]["unitstats"]["features"] > optimizer["models"]["stats"]["features"]
     assert "ensemble" not in optimizer["models"]["units"] and set(optimizer["analyses"]["where"]) == {"set"}
     assert 0 <= optimizer["models"]["set"]["ensemble"]["accuracy"] <= 1
     lrate = results["targets"]["lrate"]["models"]["stats"]["single"]
@@ -144,9 +145,10 @@ def test_run_writes_report_repeats_exactly_and_resumes(cli, zoo, tmp_path, capsy
     capsys.readouterr()
     assert table.main([str(first), f"{second}@again"]) == 0
     markdown = capsys.readouterr().out.splitlines()
-    assert markdown[0] == "| target | chance | set | units | stats | set-again | units-again | stats-again |"
+    assert markdown[0] == ("| target | chance | set | units | stats | unitstats | set-again | units-again | stats-again "
+                           "| unitstats-again |")
     row = next(line for line in markdown if line.startswith("| optimizer (3) | 33.3% |")).rstrip(" |").split(" | ")[2:]
-    assert row[:3] == row[3:6]  # the same numbers: the runs repeat exactly
+    assert row[:4] == row[4:8]  # the same numbers: the runs repeat exactly
     accuracy = optimizer["models"]["set"]["ensemble"]
     assert row[0] == f"{100 * accuracy['accuracy']:.1f}% ± {100 * accuracy['ci95']:.1f}"
     assert any(line.startswith("| lrate |") for line in markdown) and any("**mean**" in line for line in markdown)

@@ -38,6 +38,9 @@ __all__ = [
     "TEST_NORMS",
     "STATISTICS",
     "UNIT_FEATURES",
+    "UNIT_SPREAD",
+    "unit_spread",
+    "unit_spread_names",
     "magnitude",
     "statistic_names",
     "unit_count",
@@ -438,3 +441,39 @@ def weight_statistics(vector: np.ndarray, spec: Layout, part: str = "whole") -> 
         if part in ("whole", name):
             features += _describe(values)
     return np.asarray(features, np.float32)
+
+
+# --------------------------------------------------------------------------- #
+# The spread of a layer's units (the unitstats model's extra features)
+# --------------------------------------------------------------------------- #
+
+UNIT_SPREAD = ("mean", "std", "min", "q10", "q50", "q90", "max")
+
+
+def unit_spread_names(spec: Layout, part: str = "whole") -> list[str]:
+    """Feature names of :func:`unit_spread`, e.g. ``"conv2/units:bias:std"``."""
+    return [f"{layer}/units:{value}:{stat}" for layer in _layers(segments_of(spec), part)
+            for value in UNIT_VALUES for stat in UNIT_SPREAD]
+
+
+def unit_spread(vector: np.ndarray, spec: Layout, part: str = "whole") -> np.ndarray:
+    """How a layer's units differ: statistics over the units of each value of their tokens.
+
+    For every layer with a kernel in ``part`` and every value of a unit's token
+    (:data:`UNIT_VALUES`: its incoming weights' mean, spread and quantiles, its bias, its
+    batch norm's scale, offset and moving statistics), the mean, standard deviation, min,
+    quantiles 10/50/90% and max over the layer's units. :func:`weight_statistics`
+    describes each parameter array as one population of numbers; these describe the
+    population of units (how unequal their norms, biases or moving variances are).
+
+    Returns float32 ``[layers * len(UNIT_VALUES) * len(UNIT_SPREAD)]``, named by
+    :func:`unit_spread_names`.
+    """
+    tokens, layer = unit_tokens(vector, spec, part)
+    raw = tokens[:, : len(UNIT_VALUES)].astype(np.float64)
+    features = []
+    for number in range(int(layer.max()) + 1 if len(layer) else 0):
+        values = raw[layer == number]  # [units, values]
+        quantiles = np.quantile(values, (0.1, 0.5, 0.9), axis=0, method="nearest")
+        features.append(np.stack([values.mean(0), values.std(0), values.min(0), *quantiles, values.max(0)], 1))
+    return np.concatenate(features).reshape(-1).astype(np.float32) if features else np.zeros(0, np.float32)

@@ -43,6 +43,7 @@ from nwsjax.meta.reader import DEFAULT_CACHE_BYTES, WeightReader
 from nwsjax.meta.train import (
     MODELS,
     SLICE_MODELS,
+    TREE_MODELS,
     Fitted,
     ModelOptions,
     TrainSettings,
@@ -181,8 +182,8 @@ class Run:
         """
         config, tag = self.config, (target.name, model, length, format_snapshots(snapshots))
         start = time.perf_counter()
-        if model == "stats":
-            return self._train_and_test_trees(target, samples, tag, start), None
+        if model in TREE_MODELS:
+            return self._train_and_test_trees(target, model, samples, tag, start), None
         spec = slice_spec(model, length, config.part, config.options)
         stream = make_stream(model, self.zoo, self.reader, samples["train"], spec, batch_size=config.train.batch_size,
                              buffer_bytes=config.train.buffer_bytes)
@@ -224,10 +225,12 @@ class Run:
             result.update(slice_length=stream.length, slices_per_sample=spec.count)
         return result, fitted
 
-    def _train_and_test_trees(self, target: Target, samples: dict[str, Samples], tag: tuple, start: float) -> dict:
-        """:meth:`train_and_test` of the stats baseline (trees on per-layer statistics)."""
+    def _train_and_test_trees(self, target: Target, model: str, samples: dict[str, Samples], tag: tuple,
+                              start: float) -> dict:
+        """:meth:`train_and_test` of the tree models (``stats``, ``unitstats``)."""
         part = self.config.part
-        features = {side: stats_features(self.zoo, self.reader, s, part, self.stats_cache) for side, s in samples.items() if len(s)}
+        features = {side: stats_features(self.zoo, self.reader, s, part, self.stats_cache, model)
+                    for side, s in samples.items() if len(s)}
         names = features["train"][1]
         aligned = {side: _align(f, n, names) for side, (f, n) in features.items()}
         trees = fit_stats(target, aligned["train"], samples["train"].y, self.seed(*tag), self.config.options.stats_iterations)
@@ -267,7 +270,7 @@ def _check(config: MetaConfig, log) -> Run:
                 raise
             targets.remove(target)
             skipped[target.name] = str(err).split("; ")[0]
-    if {"units", "stats"} & set(models) or "where" in analyses:
+    if {"units", *TREE_MODELS} & set(models) or "where" in analyses:
         _check_layouts(zoo, ids)
     if any(m in SLICE_MODELS for m in models):
         spec = slice_spec("dmc", config.slice_length, config.part, config.options)

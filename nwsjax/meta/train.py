@@ -52,13 +52,23 @@ from nwsjax.meta.data import (
     prefetch,
     rng_for,
 )
-from nwsjax.meta.models import DMC, TEST_NORMS, SliceSet, UnitSet, statistic_names, weight_statistics
+from nwsjax.meta.models import (
+    DMC,
+    TEST_NORMS,
+    SliceSet,
+    UnitSet,
+    statistic_names,
+    unit_spread,
+    unit_spread_names,
+    weight_statistics,
+)
 from nwsjax.meta.reader import WeightReader
 from nwsjax.zoo import Zoo
 
 __all__ = [
     "MODELS",
     "SLICE_MODELS",
+    "TREE_MODELS",
     "TrainSettings",
     "ModelOptions",
     "Fitted",
@@ -77,7 +87,8 @@ __all__ = [
     "throughput",
 ]
 
-MODELS = ("dmc", "set", "units", "global", "stats")
+MODELS = ("dmc", "set", "units", "global", "stats", "unitstats")
+TREE_MODELS = ("stats", "unitstats")  # gradient-boosted trees on features of the whole vector
 SLICE_MODELS = ("dmc", "set")  # models of slices: the ensemble, where and slice-length apply
 
 
@@ -494,22 +505,35 @@ def evenly(stream: SliceStream) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def stats_features(zoo: Zoo, reader: WeightReader, samples: Samples, part: str,
-                   cache: dict | None = None) -> tuple[np.ndarray, list[str]]:
-    """Per-layer statistics of every sample's whole vector: ``(float32 [n, features], names)``.
+                   cache: dict | None = None, model: str = "stats") -> tuple[np.ndarray, list[str]]:
+    """Features of every sample's whole vector for the trees: ``(float32 [n, features], names)``.
 
+    ``model``: ``"stats"``, the per-layer statistics (:func:`weight_statistics`), or
+    ``"unitstats"``, those and the spread of each layer's units (:func:`unit_spread`).
     Networks of different architectures have different layers; features are aligned by
     name and missing ones are NaN (the trees handle them). ``cache`` maps ``(member,
-    snapshot, part)`` to a row (about 1 KB), to share work between analyses.
+    snapshot, part, model)`` to a row (1-4 KB), to share work between analyses.
     """
+    if model not in TREE_MODELS:
+        raise ConfigError(f"stats_features: model {model!r} is not one of {', '.join(TREE_MODELS)}")
     cache = {} if cache is None else cache
-    keys = [(int(m), int(s), part) for m, s in zip(samples.member, samples.snapshot)]
+    keys = [(int(m), int(s), part, model) for m, s in zip(samples.member, samples.snapshot)]
     of = network_layouts(zoo, samples.member)  # member -> segments
+
+    def features(vector, segments):
+        row = weight_statistics(vector, segments, part)
+        return row if model == "stats" else np.concatenate([row, unit_spread(vector, segments, part)])
+
+    def names_of(segments):
+        names = statistic_names(segments, part)
+        return names if model == "stats" else names + unit_spread_names(segments, part)
+
     missing = np.array([i for i, key in enumerate(keys) if key not in cache], np.int64)
     if len(missing):
         for i, vector in reader.read(samples.member[missing], samples.snapshot[missing]):
             key = keys[missing[i]]
-            cache[key] = weight_statistics(vector, of[key[0]], part)
-    layouts = {segments: statistic_names(segments, part) for segments in dict.fromkeys(of[m] for m in samples.member.tolist())}
+            cache[key] = features(vector, of[key[0]])
+    layouts = {segments: names_of(segments) for segments in dict.fromkeys(of[m] for m in samples.member.tolist())}
     names = list(dict.fromkeys(name for group in layouts.values() for name in group))
     column = {name: j for j, name in enumerate(names)}
     columns = {segments: np.array([column[n] for n in group]) for segments, group in layouts.items()}
