@@ -651,6 +651,7 @@ def test_unitstats_features_extend_stats(planted_zoo):
     both, both_names = T.stats_features(planted_zoo, reader, samples, "whole", cache, "unitstats")
     assert both_names[: len(stats_names)] == stats_names and len(both_names) > len(stats_names)
     np.testing.assert_array_equal(both[:, : len(stats_names)], stats)
+    assert sorted({key[-1] for key in cache}) == ["spread", "stats"] and len(cache) == 2 * len(ids)  # stats rows reused
     assert np.isfinite(both).all()
     with pytest.raises(ConfigError, match="not one of stats, unitstats"):
         T.stats_features(planted_zoo, reader, samples, "whole", cache, "units")

@@ -512,34 +512,35 @@ def stats_features(zoo: Zoo, reader: WeightReader, samples: Samples, part: str,
     ``"unitstats"``, those and the spread of each layer's units (:func:`unit_spread`).
     Networks of different architectures have different layers; features are aligned by
     name and missing ones are NaN (the trees handle them). ``cache`` maps ``(member,
-    snapshot, part, model)`` to a row (1-4 KB), to share work between analyses.
+    snapshot, part, group)`` to a row of one feature group (``"stats"`` or ``"spread"``;
+    1-3 KB), so the models and analyses of a run read and describe each vector once.
     """
     if model not in TREE_MODELS:
         raise ConfigError(f"stats_features: model {model!r} is not one of {', '.join(TREE_MODELS)}")
     cache = {} if cache is None else cache
-    keys = [(int(m), int(s), part, model) for m, s in zip(samples.member, samples.snapshot)]
+    groups = ("stats",) if model == "stats" else ("stats", "spread")
+    describe = {"stats": (weight_statistics, statistic_names), "spread": (unit_spread, unit_spread_names)}
+    keys = [(int(m), int(s), part) for m, s in zip(samples.member, samples.snapshot)]
     of = network_layouts(zoo, samples.member)  # member -> segments
-
-    def features(vector, segments):
-        row = weight_statistics(vector, segments, part)
-        return row if model == "stats" else np.concatenate([row, unit_spread(vector, segments, part)])
-
-    def names_of(segments):
-        names = statistic_names(segments, part)
-        return names if model == "stats" else names + unit_spread_names(segments, part)
-
-    missing = np.array([i for i, key in enumerate(keys) if key not in cache], np.int64)
+    missing = np.array([i for i, key in enumerate(keys) if any(key + (g,) not in cache for g in groups)],
+                       np.int64)
     if len(missing):
         for i, vector in reader.read(samples.member[missing], samples.snapshot[missing]):
             key = keys[missing[i]]
-            cache[key] = features(vector, of[key[0]])
+            for group in groups:
+                if key + (group,) not in cache:
+                    cache[key + (group,)] = describe[group][0](vector, of[key[0]], part)
+
+    def names_of(segments):
+        return [name for group in groups for name in describe[group][1](segments, part)]
+
     layouts = {segments: names_of(segments) for segments in dict.fromkeys(of[m] for m in samples.member.tolist())}
     names = list(dict.fromkeys(name for group in layouts.values() for name in group))
     column = {name: j for j, name in enumerate(names)}
     columns = {segments: np.array([column[n] for n in group]) for segments, group in layouts.items()}
     table = np.full((len(keys), len(names)), np.nan, np.float32)
     for i, key in enumerate(keys):
-        table[i, columns[of[key[0]]]] = cache[key]
+        table[i, columns[of[key[0]]]] = np.concatenate([cache[key + (group,)] for group in groups])
     return table, names
 
 
